@@ -1,0 +1,1 @@
+"""Providers: OCR, vision LLM, catalogues. Each is reached through a small Protocol."""
