@@ -29,6 +29,6 @@ fi
 stamp=.venv/.conveyor-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing Python packages into .venv"
-  VIRTUAL_ENV="$PWD/.venv" uv pip install --quiet -e ".[dev]"
+  VIRTUAL_ENV="$PWD/.venv" uv pip install --quiet --config-settings editable_mode=compat -e ".[dev]"
   touch "$stamp"
 fi

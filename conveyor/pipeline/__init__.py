@@ -1,1 +1,1 @@
-"""pipeline"""
+"""Pipeline toolkit: confidence gates and escalation tiers on top of the engine."""

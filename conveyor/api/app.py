@@ -1,0 +1,52 @@
+"""The FastAPI application: API, web UI, SSE, and (for ``local``) the worker processes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from conveyor import __version__
+from conveyor.api import common
+from conveyor.api.limits import BodyLimitMiddleware
+from conveyor.config import Settings, get_settings
+from conveyor.engine.executors.local import LocalExecutor
+from conveyor.runtime import build_runner, load_pipelines, prepare, storage_for
+
+log = logging.getLogger("conveyor.api")
+
+
+def create_app(settings: Settings | None = None, *, start_workers: bool = False) -> FastAPI:
+    settings = settings or get_settings()
+    load_pipelines()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        prepare(settings)
+        executor: LocalExecutor | None = None
+        if start_workers and settings.executor == "local":
+            executor = LocalExecutor(settings, build_runner)
+            executor.start()
+        app.state.executor = executor
+        try:
+            yield
+        finally:
+            if executor is not None:
+                executor.stop()
+
+    app = FastAPI(title="Conveyor", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.storage = storage_for(settings)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes + 64 * 1024)
+
+    from conveyor.pipelines.records.api import router as records_router
+    from conveyor.web.pages import router as pages_router
+    from conveyor.web.pages import static_files
+
+    app.include_router(common.router)
+    app.include_router(records_router)
+    app.include_router(pages_router)
+    app.mount("/static", static_files(), name="static")
+    return app

@@ -1,0 +1,30 @@
+"""Apply Alembic migrations at start-up (idempotent, safe from several processes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+from conveyor.db.session import get_engine
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(url: str) -> None:
+    """Bring the database at ``url`` to the newest schema."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = get_engine(url)
+    cfg = alembic_config(url)
+    with engine.begin() as conn:  # BEGIN IMMEDIATE on SQLite: one migrator at a time
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")

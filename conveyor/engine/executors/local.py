@@ -1,0 +1,96 @@
+"""The local executor: N worker processes claiming from the database, and a reaper.
+
+Worker processes are started with the ``spawn`` method so each gets a clean interpreter
+(OCR runtimes are not fork-safe). The supervisor thread restarts a worker that dies
+(``kill -9``, OOM) and periodically returns expired leases to the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import signal
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from conveyor.config import Settings
+from conveyor.engine.jobs import reap_expired_leases
+from conveyor.engine.runner import Runner
+
+log = logging.getLogger("conveyor.local")
+
+RunnerFactory = Callable[[Settings], Runner]
+
+
+def worker_main(settings: Settings, factory: RunnerFactory, stop: Any) -> None:
+    """Entry point of one worker process: claim and run until ``stop`` is set."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+    runner = factory(settings)
+    idle = settings.poll_interval_s
+    while not stop.is_set():
+        try:
+            if runner.run_one():
+                continue
+        except Exception:  # database locked for too long, etc.: keep the worker alive
+            log.exception("worker loop error")
+        stop.wait(idle)
+
+
+class LocalExecutor:
+    def __init__(self, settings: Settings, factory: RunnerFactory, workers: int | None = None):
+        self.settings = settings
+        self.factory = factory
+        self.count = max(1, workers or settings.workers)
+        self.ctx = mp.get_context("spawn")
+        self.stop_event = self.ctx.Event()
+        self.processes: list[BaseProcess] = []
+        self._supervisor: threading.Thread | None = None
+        self._halt = threading.Event()
+
+    def _spawn(self) -> BaseProcess:
+        proc = self.ctx.Process(target=worker_main, name="conveyor-worker", daemon=True,
+                                args=(self.settings, self.factory, self.stop_event))
+        proc.start()
+        return proc
+
+    def start(self) -> None:
+        self.processes = [self._spawn() for _ in range(self.count)]
+        self._supervisor = threading.Thread(target=self._supervise, daemon=True,
+                                            name="conveyor-supervisor")
+        self._supervisor.start()
+        log.info("started %d local workers", self.count)
+
+    def _supervise(self) -> None:
+        reap_every = max(1.0, self.settings.lease_seconds / 4)
+        next_reap = 0.0
+        while not self._halt.wait(0.5):
+            for i, proc in enumerate(self.processes):
+                if not proc.is_alive() and not self.stop_event.is_set():
+                    log.warning("worker pid %s exited (%s); starting another",
+                                proc.pid, proc.exitcode)
+                    self.processes[i] = self._spawn()
+            if time.monotonic() >= next_reap:
+                next_reap = time.monotonic() + reap_every
+                try:
+                    n = reap_expired_leases(self.settings.resolved_database_url)
+                    if n:
+                        log.warning("reaper returned %d expired job(s) to the queue", n)
+                except Exception:
+                    log.exception("reaper failed")
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes if p.pid is not None]
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._halt.set()
+        self.stop_event.set()
+        deadline = time.monotonic() + timeout
+        for proc in self.processes:
+            proc.join(max(0.0, deadline - time.monotonic()))
+        for proc in self.processes:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(2)

@@ -1,0 +1,274 @@
+"""The job store: enqueue, claim, heartbeat, complete, fail, cancel, reap.
+
+Every function takes a SQLAlchemy ``Session`` that is inside a transaction, or a database
+URL when it owns its own short transaction. The claim is one ``UPDATE … RETURNING`` on the
+next due row: under SQLite's ``BEGIN IMMEDIATE`` it is atomic; on PostgreSQL the inner
+``SELECT`` takes ``FOR UPDATE SKIP LOCKED`` so that workers never wait on each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from conveyor.db.base import new_id, utcnow
+from conveyor.db.models import Job
+from conveyor.db.session import transaction
+
+ACTIVE = ("pending", "running")
+FINAL = ("completed", "failed", "blocked", "cancelled")
+
+
+@dataclass
+class JobSpec:
+    """What to run next. ``payload`` holds ids only, never blobs (DESIGN principle 3)."""
+
+    pipeline: str
+    step: str
+    item_id: str | None = None
+    payload: dict[str, Any] = field(default_factory=dict)
+    idempotency_key: str | None = None
+    priority: int = 0
+    delay_s: float = 0.0
+    max_attempts: int = 3
+    run_id: str | None = None
+    parent_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def enqueue(session: Session, spec: JobSpec) -> Job:
+    """Add a pending job in the caller's transaction.
+
+    With an idempotency key, a second enqueue while the first job is pending or running
+    returns that job instead of adding another (a double click, a retried request).
+    """
+    if spec.idempotency_key is not None:
+        existing = _active_with_key(session, spec.idempotency_key)
+        if existing is not None:
+            return existing
+    job = Job(
+        id=new_id(),
+        item_id=spec.item_id,
+        run_id=spec.run_id,
+        pipeline=spec.pipeline,
+        step=spec.step,
+        status="pending",
+        attempts=0,
+        max_attempts=spec.max_attempts,
+        run_after=utcnow() + timedelta(seconds=spec.delay_s),
+        priority=spec.priority,
+        idempotency_key=spec.idempotency_key,
+        payload=dict(spec.payload),
+        parent_id=spec.parent_id,
+    )
+    if spec.idempotency_key is None:
+        session.add(job)
+        session.flush()
+        return job
+    try:
+        with session.begin_nested():
+            session.add(job)
+    except IntegrityError:
+        existing = _active_with_key(session, spec.idempotency_key)
+        if existing is None:
+            raise
+        return existing
+    return job
+
+
+def _active_with_key(session: Session, key: str) -> Job | None:
+    return session.scalars(
+        select(Job).where(Job.idempotency_key == key, Job.status.in_(ACTIVE))
+    ).first()
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: str
+    item_id: str | None
+    run_id: str | None
+    pipeline: str
+    step: str
+    attempts: int
+    max_attempts: int
+    payload: dict[str, Any]
+    parent_id: str | None
+    worker_id: str
+
+
+def _claimed(row: Any, worker_id: str) -> ClaimedJob:
+    return ClaimedJob(
+        id=row.id, item_id=row.item_id, run_id=row.run_id, pipeline=row.pipeline,
+        step=row.step, attempts=row.attempts, max_attempts=row.max_attempts,
+        payload=dict(row.payload or {}), parent_id=row.parent_id, worker_id=worker_id,
+    )
+
+
+def _claim_values(worker_id: str, now: datetime, lease_s: float) -> dict[str, Any]:
+    return {
+        "status": "running",
+        "locked_by": worker_id,
+        "locked_at": now,
+        "lease_until": now + timedelta(seconds=lease_s),
+        "attempts": Job.attempts + 1,
+        "started_at": now,
+    }
+
+
+_RETURNING = (Job.id, Job.item_id, Job.run_id, Job.pipeline, Job.step, Job.attempts,
+              Job.max_attempts, Job.payload, Job.parent_id)
+
+
+def claim_next_job(
+    db_url: str,
+    worker_id: str,
+    lease_s: float,
+    pipelines: tuple[str, ...] | None = None,
+    steps: tuple[str, ...] | None = None,
+) -> ClaimedJob | None:
+    """Atomically take the next due job (or one whose lease expired) and lease it."""
+    now = utcnow()
+    due = or_(
+        and_(Job.status == "pending", Job.run_after <= now),
+        and_(Job.status == "running", Job.lease_until < now),
+    )
+    candidate = select(Job.id).where(due)
+    if pipelines:
+        candidate = candidate.where(Job.pipeline.in_(pipelines))
+    if steps:
+        candidate = candidate.where(Job.step.in_(steps))
+    candidate = (
+        candidate.order_by(Job.priority.desc(), Job.run_after)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    stmt = (
+        update(Job)
+        .where(Job.id == candidate)
+        .where(due)  # re-checked: on PostgreSQL the row may have changed since the select
+        .values(**_claim_values(worker_id, now, lease_s))
+        .returning(*_RETURNING)
+    )
+    with transaction(db_url) as session:
+        row = session.execute(stmt).first()
+        return _claimed(row, worker_id) if row is not None else None
+
+
+def claim_job_by_id(db_url: str, job_id: str, worker_id: str, lease_s: float) -> ClaimedJob | None:
+    """Claim one named job (a broker delivered its id). None if it is claimed or done."""
+    now = utcnow()
+    due = or_(
+        Job.status == "pending",
+        and_(Job.status == "running", Job.lease_until < now),
+    )
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, due)
+        .values(**_claim_values(worker_id, now, lease_s))
+        .returning(*_RETURNING)
+    )
+    with transaction(db_url) as session:
+        row = session.execute(stmt).first()
+        return _claimed(row, worker_id) if row is not None else None
+
+
+def heartbeat(db_url: str, job_id: str, worker_id: str, lease_s: float) -> tuple[bool, bool]:
+    """Extend the lease. Returns ``(still_ours, cancel_requested)``."""
+    now = utcnow()
+    with transaction(db_url) as session:
+        row = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "running", Job.locked_by == worker_id)
+            .values(lease_until=now + timedelta(seconds=lease_s))
+            .returning(Job.cancel_requested)
+        ).first()
+    if row is None:
+        return False, False
+    return True, bool(row.cancel_requested)
+
+
+def lock_owned_job(session: Session, job: ClaimedJob) -> Job | None:
+    """Re-read the job inside the completion transaction; None if we lost it."""
+    row = session.get(Job, job.id, with_for_update=True, populate_existing=True)
+    if row is None or row.status != "running" or row.locked_by != job.worker_id:
+        return None
+    return row
+
+
+def finish(row: Job, status: str, *, result_ref: dict[str, Any] | None = None,
+           error: str | None = None, stack: str | None = None) -> None:
+    now = utcnow()
+    row.status = status
+    row.finished_at = now
+    row.lease_until = None
+    if row.started_at is not None:
+        row.processing_time_ms = int((now - row.started_at).total_seconds() * 1000)
+    if result_ref is not None:
+        row.result_ref = result_ref
+    if error is not None:
+        row.last_error = error
+        row.last_error_stack = stack
+
+
+def schedule_retry(row: Job, delay_s: float, error: str, stack: str | None) -> None:
+    row.status = "pending"
+    row.locked_by = None
+    row.lease_until = None
+    row.run_after = utcnow() + timedelta(seconds=delay_s)
+    row.last_error = error
+    row.last_error_stack = stack
+
+
+def child_finished(session: Session, parent_id: str) -> Job | None:
+    """Count one child of a fan-out as done; returns the parent when it was the last."""
+    row = session.execute(
+        update(Job)
+        .where(Job.id == parent_id)
+        .values(children_pending=Job.children_pending - 1)
+        .returning(Job.children_pending)
+    ).first()
+    if row is None or row.children_pending != 0:
+        return None
+    return session.get(Job, parent_id)
+
+
+def cancel_item_jobs(session: Session, item_id: str) -> int:
+    """Cancel pending jobs at once; ask running ones to stop at their next heartbeat."""
+    now = utcnow()
+    pending = session.execute(
+        update(Job)
+        .where(Job.item_id == item_id, Job.status == "pending")
+        .values(status="cancelled", finished_at=now)
+    ).rowcount
+    running = session.execute(
+        update(Job)
+        .where(Job.item_id == item_id, Job.status == "running")
+        .values(cancel_requested=True)
+    ).rowcount
+    return int(pending or 0) + int(running or 0)
+
+
+def reap_expired_leases(db_url: str) -> int:
+    """Return jobs whose worker died (lease expired) to ``pending``.
+
+    The next claim counts the attempt; a job that has used every attempt is failed by the
+    runner when it claims it (``attempts > max_attempts``), through the pipeline's usual
+    failure path, so the item's state is set in one place.
+    """
+    now = utcnow()
+    with transaction(db_url) as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.status == "running", Job.lease_until < now)
+            .values(status="pending", locked_by=None, lease_until=None, run_after=now,
+                    last_error="worker_lost: the worker died or stalled past its lease")
+        )
+        return int(result.rowcount or 0)

@@ -1,0 +1,250 @@
+"""Runs claimed jobs: heartbeat, two-phase step execution, retry, failure, fan-in."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+import uuid
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from conveyor.config import Settings
+from conveyor.db.models import Item, Job
+from conveyor.db.session import transaction
+from conveyor.engine.audit import AuditRecord, append_pipeline_log, write_audit
+from conveyor.engine.backoff import backoff_delay
+from conveyor.engine.events import emit
+from conveyor.engine.jobs import (
+    ClaimedJob,
+    JobSpec,
+    child_finished,
+    claim_job_by_id,
+    claim_next_job,
+    enqueue,
+    finish,
+    heartbeat,
+    lock_owned_job,
+    schedule_retry,
+)
+from conveyor.engine.steps import JobCancelled, Resources, Step, StepContext, StepRegistry
+from conveyor.errors import ConveyorError, PermanentError, TransientError
+from conveyor.providers.base import CallGuard
+from conveyor.storage.base import Storage
+
+log = logging.getLogger("conveyor.runner")
+
+
+def make_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class _Heartbeat(threading.Thread):
+    """Extends the lease while a step runs; flags cancellation and a lost lease."""
+
+    def __init__(self, runner: Runner, job: ClaimedJob, ctx: StepContext) -> None:
+        super().__init__(daemon=True, name=f"heartbeat-{job.id[:8]}")
+        self.runner, self.job, self.ctx = runner, job, ctx
+        self.stop_event = threading.Event()
+        self.lost = False
+
+    def run(self) -> None:
+        s = self.runner.settings
+        while not self.stop_event.wait(s.heartbeat_seconds):
+            try:
+                ours, cancel = heartbeat(s.resolved_database_url, self.job.id,
+                                         self.job.worker_id, s.lease_seconds)
+            except Exception:  # a database hiccup: try again at the next beat
+                log.warning("heartbeat failed for job %s", self.job.id, exc_info=True)
+                continue
+            if not ours:
+                self.lost = True
+                self.ctx.cancelled.set()
+                return
+            if cancel:
+                self.ctx.cancelled.set()
+
+
+class Runner:
+    """Claims and runs jobs in this process. Executors decide how many and where."""
+
+    def __init__(self, settings: Settings, registry: StepRegistry, storage: Storage,
+                 guard: CallGuard, worker_id: str | None = None,
+                 pipelines: tuple[str, ...] | None = None) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.storage = storage
+        self.guard = guard
+        self.worker_id = worker_id or make_worker_id()
+        self.pipelines = pipelines
+        self.resources = Resources()
+
+    @property
+    def db_url(self) -> str:
+        return self.settings.resolved_database_url
+
+    def run_one(self) -> bool:
+        """Claim and run the next due job. False when there was none."""
+        job = claim_next_job(self.db_url, self.worker_id, self.settings.lease_seconds,
+                             pipelines=self.pipelines)
+        if job is None:
+            return False
+        self.execute(job)
+        return True
+
+    def run_by_id(self, job_id: str) -> bool:
+        """Run one named job if it is still due (a broker redelivery finds it done)."""
+        job = claim_job_by_id(self.db_url, job_id, self.worker_id, self.settings.lease_seconds)
+        if job is None:
+            return False
+        self.execute(job)
+        return True
+
+    def execute(self, job: ClaimedJob) -> None:
+        step = self.registry.get(job.pipeline, job.step)
+        ctx = StepContext(job=job, settings=self.settings, storage=self.storage,
+                          guard=self.guard, resources=self.resources)
+        if step is None:
+            self._fail(Step(), ctx, PermanentError(
+                f"no step {job.pipeline}.{job.step} is registered", code="unknown_step"), None)
+            return
+        if job.attempts > job.max_attempts:
+            self._fail(step, ctx, PermanentError(
+                "the job's worker died or stalled on every attempt", code="worker_lost"), None)
+            return
+        beat = _Heartbeat(self, job, ctx)
+        beat.start()
+        started = time.perf_counter()
+        try:
+            output = step.run(ctx)
+            ctx.check_cancelled()
+        except JobCancelled as exc:
+            beat.stop_event.set()
+            if not beat.lost:
+                self._cancelled(step, ctx, exc)
+            return
+        except ConveyorError as exc:
+            beat.stop_event.set()
+            if not beat.lost:
+                self._handle_error(step, ctx, exc, traceback.format_exc())
+            return
+        except Exception as exc:  # a bug or an unexpected library error: retry, then fail
+            beat.stop_event.set()
+            if not beat.lost:
+                err = TransientError(f"{type(exc).__name__}: {exc}", code="internal_error")
+                self._handle_error(step, ctx, err, traceback.format_exc())
+            return
+        finally:
+            beat.stop_event.set()
+        if beat.lost:
+            log.warning("job %s lost its lease while running; discarding its output", job.id)
+            return
+        elapsed_ms = int((time.perf_counter() - started) * 1000)
+        self._complete(step, ctx, output, elapsed_ms)
+
+    # -- outcomes ----------------------------------------------------------------------
+
+    def _complete(self, step: Step, ctx: StepContext, output: Any, elapsed_ms: int) -> None:
+        job = ctx.job
+        with transaction(self.db_url) as session:
+            row = lock_owned_job(session, job)
+            if row is None:
+                log.warning("job %s was taken over before it committed; discarding", job.id)
+                return
+            step.commit(ctx, session, output)
+            rows = self._write_audits(session, ctx)
+            finish(row, "completed", result_ref=row.result_ref)
+            row.processing_time_ms = elapsed_ms
+            self._after_finish(session, row)
+            emit(session, "job.completed", owner_id=self._owner(session, job),
+                 item_id=job.item_id, pipeline=job.pipeline, job_id=job.id, step=job.step)
+        append_pipeline_log(self.settings.logs_dir, rows)
+
+    def _handle_error(self, step: Step, ctx: StepContext, exc: ConveyorError,
+                      stack: str) -> None:
+        job = ctx.job
+        if isinstance(exc, PermanentError) or job.attempts >= job.max_attempts:
+            self._fail(step, ctx, exc, stack)
+            return
+        retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+        delay = retry_after if retry_after is not None else backoff_delay(
+            job.attempts, self.settings.backoff_base_s, self.settings.backoff_cap_s)
+        ctx.audit(AuditRecord(step=job.step, outcome="retry",
+                              detail={"error_code": exc.code, "error": exc.message,
+                                      "attempt": job.attempts, "retry_in_s": round(delay, 3)}))
+        with transaction(self.db_url) as session:
+            row = lock_owned_job(session, job)
+            if row is None:
+                return
+            schedule_retry(row, delay, str(exc), stack)
+            rows = self._write_audits(session, ctx)
+            emit(session, "job.retry", owner_id=self._owner(session, job), item_id=job.item_id,
+                 pipeline=job.pipeline, job_id=job.id, step=job.step, error=str(exc),
+                 retry_in_s=round(delay, 3))
+        append_pipeline_log(self.settings.logs_dir, rows)
+
+    def _fail(self, step: Step, ctx: StepContext, exc: ConveyorError, stack: str | None) -> None:
+        job = ctx.job
+        ctx.audit(AuditRecord(step=job.step, outcome="failed",
+                              detail={"error_code": exc.code, "error": exc.message,
+                                      "attempt": job.attempts}))
+        with transaction(self.db_url) as session:
+            row = lock_owned_job(session, job)
+            if row is None:
+                return
+            step.on_failure(ctx, session, exc)
+            rows = self._write_audits(session, ctx)
+            finish(row, "failed", error=str(exc), stack=stack)
+            self._after_finish(session, row)
+            emit(session, "job.failed", owner_id=self._owner(session, job), item_id=job.item_id,
+                 pipeline=job.pipeline, job_id=job.id, step=job.step, error=str(exc))
+        append_pipeline_log(self.settings.logs_dir, rows)
+
+    def _cancelled(self, step: Step, ctx: StepContext, exc: JobCancelled) -> None:
+        job = ctx.job
+        ctx.audit(AuditRecord(step=job.step, outcome="cancelled"))
+        with transaction(self.db_url) as session:
+            row = lock_owned_job(session, job)
+            if row is None:
+                return
+            rows = self._write_audits(session, ctx)
+            finish(row, "cancelled", error=str(exc))
+            self._after_finish(session, row)
+            emit(session, "job.cancelled", owner_id=self._owner(session, job),
+                 item_id=job.item_id, pipeline=job.pipeline, job_id=job.id, step=job.step)
+        append_pipeline_log(self.settings.logs_dir, rows)
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _write_audits(self, session: Session, ctx: StepContext) -> list[Any]:
+        if not ctx.audits:
+            return []
+        job = ctx.job
+        item = session.get(Item, job.item_id) if job.item_id else None
+        for record in ctx.audits:
+            if record.state is None and item is not None:
+                record.state = item.state
+        if item is not None:
+            item.cost_total = (item.cost_total or 0.0) + sum(a.cost_estimate for a in ctx.audits)
+        rows = write_audit(session, pipeline=job.pipeline, item_id=job.item_id, job_id=job.id,
+                           records=ctx.audits)
+        ctx.audits = []
+        return rows
+
+    def _after_finish(self, session: Session, row: Job) -> None:
+        """A fan-out child finished (however it ended): the last one enqueues the fan-in."""
+        if row.parent_id is None:
+            return
+        parent = child_finished(session, row.parent_id)
+        if parent is not None and parent.result_ref and "fan_in" in parent.result_ref:
+            enqueue(session, JobSpec(**parent.result_ref["fan_in"]))
+
+    def _owner(self, session: Session, job: ClaimedJob) -> str | None:
+        if job.item_id is None:
+            return None
+        item = session.get(Item, job.item_id)
+        return item.owner_id if item else None

@@ -1,0 +1,79 @@
+"""How previews, records and their audit trails look in API responses and pages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from conveyor.config import Settings
+from conveyor.db.models import AuditEvent, Item
+from conveyor.pipelines.records.models import METADATA_FIELDS, ArchiveRecord, PreviewRecord
+from conveyor.pipelines.records.states import ARCHIVED
+from conveyor.storage.signing import signed_path
+
+
+def audit_trail(session: Session, item_id: str) -> list[dict[str, Any]]:
+    rows = session.scalars(select(AuditEvent).where(AuditEvent.item_id == item_id)
+                           .order_by(AuditEvent.id))
+    return [{"step": r.step, "state": r.state, "model_used": r.model_used,
+             "confidence": r.confidence, "cost_estimate": r.cost_estimate,
+             "duration_ms": r.duration_ms, "outcome": r.outcome, "detail": r.detail,
+             "timestamp": r.timestamp.isoformat()} for r in rows]
+
+
+def _metadata(row: PreviewRecord | ArchiveRecord) -> dict[str, Any]:
+    return {f: getattr(row, f) for f in METADATA_FIELDS}
+
+
+def _image_url(settings: Settings, key: str | None) -> str | None:
+    return signed_path(settings.signing_key(), key, ttl_s=3600) if key else None
+
+
+def preview_view(session: Session, settings: Settings, preview: PreviewRecord,
+                 *, with_audit: bool = True) -> dict[str, Any]:
+    item = session.get(Item, preview.preview_id)
+    view: dict[str, Any] = {
+        "preview_id": preview.preview_id,
+        "record_id": preview.record_id,
+        "state": preview.state,
+        "confidence": preview.confidence,
+        "metadata": _metadata(preview),
+        "field_sources": preview.field_sources or {},
+        "enrichment_source": preview.enrichment_source,
+        "model_used": preview.model_used,
+        "cost_estimate": round(item.cost_total, 6) if item else preview.cost_estimate,
+        "ocr_text": preview.ocr_text,
+        "original_filename": preview.original_filename,
+        "image_url": _image_url(settings, preview.canonical_image_path),
+        "error_code": item.error_code if item else None,
+        "error_message": item.error_message if item else None,
+        "created_at": preview.created_at.isoformat(),
+        "updated_at": preview.updated_at.isoformat(),
+    }
+    if with_audit:
+        view["audit"] = audit_trail(session, preview.preview_id)
+    return view
+
+
+def record_view(session: Session, settings: Settings, record: ArchiveRecord,
+                *, with_audit: bool = True) -> dict[str, Any]:
+    item = session.get(Item, record.preview_id)
+    view: dict[str, Any] = {
+        "record_id": record.record_id,
+        "preview_id": record.preview_id,
+        "state": ARCHIVED,
+        "confidence": record.confidence,
+        "metadata": _metadata(record),
+        "field_sources": record.field_sources or {},
+        "enrichment_source": record.enrichment_source,
+        "model_used": record.model_used,
+        "cost_estimate": round(item.cost_total, 6) if item else record.cost_estimate,
+        "original_filename": record.original_filename,
+        "image_url": _image_url(settings, record.canonical_image_path),
+        "archived_at": record.archived_at.isoformat(),
+    }
+    if with_audit:
+        view["audit"] = audit_trail(session, record.preview_id)
+    return view
