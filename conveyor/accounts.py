@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from conveyor.db.base import utcnow
 from conveyor.db.models import ApiToken, User
-from conveyor.db.session import read_session, transaction
+from conveyor.db.session import affected, read_session, transaction
 
 TOKEN_PREFIX = "cvy_"
 
@@ -72,7 +72,7 @@ def revoke_tokens(db_url: str, name: str) -> int:
             raise AccountError(f"no user named {name!r}")
         result = session.execute(update(ApiToken).where(ApiToken.user_id == user.id)
                                  .values(revoked=True))
-        return int(result.rowcount or 0)
+        return affected(result)
 
 
 def authenticate(db_url: str, token: str) -> Principal | None:

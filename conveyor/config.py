@@ -5,6 +5,7 @@ The table in docs/configuration.md lists every setting; it mirrors DESIGN.md.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from functools import lru_cache
@@ -98,10 +99,8 @@ class Settings(BaseSettings):
             tmp = path.with_suffix(".tmp")
             tmp.write_text(secrets.token_hex(32))
             tmp.chmod(0o600)
-            try:
+            with contextlib.suppress(FileExistsError):
                 os.link(tmp, path)  # atomic: first writer wins, others read its key
-            except FileExistsError:
-                pass
             tmp.unlink(missing_ok=True)
         return path.read_text().strip().encode()
 

@@ -26,7 +26,8 @@ def load_pipelines() -> StepRegistry:
 
 def provider_rates(settings: Settings) -> dict[str, Rate]:
     return {
-        "discogs": Rate(float(discogs_rate_per_min(settings.discogs_token is not None)), 1.0),
+        "discogs": Rate(float(discogs_rate_per_min(bool(
+            settings.discogs_token and settings.discogs_token.get_secret_value()))), 1.0),
         "llm": Rate(settings.llm_rate_per_min, 2.0),
     }
 

@@ -90,3 +90,8 @@ def dispose_all() -> None:
                 engine.dispose()
             del _engines[key]
             _factories.pop(key, None)
+
+
+def affected(result: Any) -> int:
+    """Rows changed by an UPDATE/DELETE (``rowcount`` is typed on cursor results only)."""
+    return int(getattr(result, "rowcount", 0) or 0)

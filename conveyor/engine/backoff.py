@@ -5,7 +5,9 @@ from __future__ import annotations
 import random
 
 
-def backoff_delay(attempt: int, base_s: float, cap_s: float, rng: random.Random | None = None) -> float:
+def backoff_delay(
+    attempt: int, base_s: float, cap_s: float, rng: random.Random | None = None
+) -> float:
     """Seconds to wait before try ``attempt + 1`` (``attempt`` counts from 1).
 
     Full jitter (AWS architecture blog): uniform in ``[0, min(cap, base * 2**(attempt-1))]``,

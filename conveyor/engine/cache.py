@@ -20,7 +20,8 @@ _lru: OrderedDict[str, tuple[dict[str, Any], float | None]] = OrderedDict()
 
 def cache_key(provider: str, request: dict[str, Any]) -> str:
     """A stable key for a normalised request: case, spacing and key order do not matter."""
-    norm = {k: " ".join(str(v).casefold().split()) for k, v in request.items() if v not in (None, "")}
+    norm = {k: " ".join(str(v).casefold().split())
+            for k, v in request.items() if v not in (None, "")}
     blob = json.dumps([provider, norm], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from conveyor.db.base import utcnow
 from conveyor.db.models import Event
+from conveyor.db.session import affected
 
 
 def emit(
@@ -45,4 +46,4 @@ def latest_event_id(session: Session) -> int:
 
 def prune_events(session: Session, keep_hours: float = 24.0) -> int:
     cutoff = utcnow() - timedelta(hours=keep_hours)
-    return int(session.execute(delete(Event).where(Event.created_at < cutoff)).rowcount or 0)
+    return affected(session.execute(delete(Event).where(Event.created_at < cutoff)))

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from conveyor.db.base import new_id, utcnow
 from conveyor.db.models import Job
-from conveyor.db.session import transaction
+from conveyor.db.session import affected, transaction
 
 ACTIVE = ("pending", "running")
 FINAL = ("completed", "failed", "blocked", "cancelled")
@@ -139,13 +139,13 @@ def claim_next_job(
         and_(Job.status == "pending", Job.run_after <= now),
         and_(Job.status == "running", Job.lease_until < now),
     )
-    candidate = select(Job.id).where(due)
+    query = select(Job.id).where(due)
     if pipelines:
-        candidate = candidate.where(Job.pipeline.in_(pipelines))
+        query = query.where(Job.pipeline.in_(pipelines))
     if steps:
-        candidate = candidate.where(Job.step.in_(steps))
+        query = query.where(Job.step.in_(steps))
     candidate = (
-        candidate.order_by(Job.priority.desc(), Job.run_after)
+        query.order_by(Job.priority.desc(), Job.run_after)
         .limit(1)
         .with_for_update(skip_locked=True)
         .scalar_subquery()
@@ -247,13 +247,13 @@ def cancel_item_jobs(session: Session, item_id: str) -> int:
         update(Job)
         .where(Job.item_id == item_id, Job.status == "pending")
         .values(status="cancelled", finished_at=now)
-    ).rowcount
+    )
     running = session.execute(
         update(Job)
         .where(Job.item_id == item_id, Job.status == "running")
         .values(cancel_requested=True)
-    ).rowcount
-    return int(pending or 0) + int(running or 0)
+    )
+    return affected(pending) + affected(running)
 
 
 def reap_expired_leases(db_url: str) -> int:
@@ -271,4 +271,4 @@ def reap_expired_leases(db_url: str) -> int:
             .values(status="pending", locked_by=None, lease_until=None, run_after=now,
                     last_error="worker_lost: the worker died or stalled past its lease")
         )
-        return int(result.rowcount or 0)
+        return affected(result)

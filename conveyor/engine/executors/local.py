@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import signal
 import threading
 import time
@@ -26,11 +27,18 @@ RunnerFactory = Callable[[Settings], Runner]
 
 
 def worker_main(settings: Settings, factory: RunnerFactory, stop: Any) -> None:
-    """Entry point of one worker process: claim and run until ``stop`` is set."""
+    """Entry point of one worker process: claim and run until ``stop`` is set.
+
+    SIGTERM finishes the current job and exits 0; the worker also exits when its
+    supervisor is gone (so a ``kill -9`` of the server leaves no orphans).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+    terminated = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: terminated.set())
+    parent = os.getppid()
     runner = factory(settings)
     idle = settings.poll_interval_s
-    while not stop.is_set():
+    while not stop.is_set() and not terminated.is_set() and os.getppid() == parent:
         try:
             if runner.run_one():
                 continue
@@ -51,7 +59,8 @@ class LocalExecutor:
         self._halt = threading.Event()
 
     def _spawn(self) -> BaseProcess:
-        proc = self.ctx.Process(target=worker_main, name="conveyor-worker", daemon=True,
+        # not a daemon: a worker starts its own child for image decoding
+        proc = self.ctx.Process(target=worker_main, name="conveyor-worker", daemon=False,
                                 args=(self.settings, self.factory, self.stop_event))
         proc.start()
         return proc
@@ -68,7 +77,8 @@ class LocalExecutor:
         next_reap = 0.0
         while not self._halt.wait(0.5):
             for i, proc in enumerate(self.processes):
-                if not proc.is_alive() and not self.stop_event.is_set():
+                # exit code 0 is a requested stop (SIGTERM); anything else is a crash
+                if not proc.is_alive() and proc.exitcode != 0 and not self.stop_event.is_set():
                     log.warning("worker pid %s exited (%s); starting another",
                                 proc.pid, proc.exitcode)
                     self.processes[i] = self._spawn()

@@ -8,11 +8,12 @@ from typing import Any
 from conveyor.db.session import read_session, transaction
 from conveyor.engine.cache import cache_get, cache_key, cache_put
 from conveyor.engine.steps import StepContext
+from conveyor.errors import PermanentError
 from conveyor.pipeline.tiers import skipped, tier
 from conveyor.pipelines.records import prompts
 from conveyor.pipelines.records.models import PreviewRecord
 from conveyor.providers.catalogs import build_catalog
-from conveyor.providers.catalogs.base import CatalogMatch, CatalogQuery
+from conveyor.providers.catalogs.base import CatalogMatch, CatalogQuery, RecordCatalog
 from conveyor.providers.llm.openai_compat import build_llm
 
 MIN_MATCH_SCORE = 0.6
@@ -47,6 +48,27 @@ def match_fields(match: CatalogMatch, release: dict[str, Any] | None) -> dict[st
     return {k: v for k, v in fields.items() if v not in (None, "", [])}
 
 
+def _search_catalog(
+    ctx: StepContext, catalog: RecordCatalog, query: CatalogQuery
+) -> tuple[CatalogMatch | None, dict[str, Any] | None]:
+    """The catalogue tier. A refusal (bad token, 4xx) falls through to the next tier;
+    transient trouble (429, 5xx, timeouts) propagates so the job is retried later."""
+    try:
+        with tier(ctx, "ENRICH_DISCOGS", catalog.name) as t:
+            matches = catalog.search(query)
+            best = matches[0] if matches and matches[0].score >= MIN_MATCH_SCORE else None
+            t.confidence = best.score if best else (matches[0].score if matches else None)
+            t.outcome = "hit" if best else "miss"
+            t.detail = {"candidates": len(matches)}
+            release = None
+            get_release = getattr(catalog, "get_release", None)
+            if best is not None and get_release is not None and best.release_id:
+                release = get_release(best.release_id)
+    except PermanentError:
+        return None, None
+    return best, release
+
+
 def enrich(ctx: StepContext, preview: PreviewRecord) -> EnrichmentResult:
     query = query_of(preview)
     request = {"artist": query.artist, "album": query.album,
@@ -69,15 +91,7 @@ def enrich(ctx: StepContext, preview: PreviewRecord) -> EnrichmentResult:
         skipped(ctx, "ENRICH_DISCOGS", "no catalogue is configured "
                 "(CONVEYOR_DISCOGS_TOKEN or CONVEYOR_DISCOGS_COLLECTION_CSV)")
     else:
-        with tier(ctx, "ENRICH_DISCOGS", catalog.name) as t:
-            matches = catalog.search(query)
-            best = matches[0] if matches and matches[0].score >= MIN_MATCH_SCORE else None
-            t.confidence = best.score if best else (matches[0].score if matches else None)
-            t.outcome = "hit" if best else "miss"
-            t.detail = {"candidates": len(matches)}
-            release = None
-            if best is not None and hasattr(catalog, "get_release") and best.release_id:
-                release = catalog.get_release(best.release_id)
+        best, release = _search_catalog(ctx, catalog, query)
         if best is not None:
             value = {"fields": match_fields(best, release), "origin": "discogs",
                      "catalog": catalog.name, "release_id": best.release_id,

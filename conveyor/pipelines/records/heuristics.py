@@ -108,13 +108,13 @@ def extract_from_ocr(lines: list[OcrLine]) -> Extraction:
                     used.add(i)
 
     for i, line in enumerate(lines):
-        m = _LABEL_RE.search(line.text)
-        if m and "label" not in out.fields:
-            canonical = next(x for x in KNOWN_LABELS if x.casefold() == m.group(1).casefold())
+        lm = _LABEL_RE.search(line.text)
+        if lm and "label" not in out.fields:
+            canonical = next(x for x in KNOWN_LABELS if x.casefold() == lm.group(1).casefold())
             out.fields["label"] = FieldValue(canonical, line.score, "ocr")
             rest = _LABEL_RE.sub("", line.text)
             cat = _CATNO_RE.search(rest.upper())
-            if cat and not _YEAR_RE.fullmatch(cat.group(1)):
+            if cat is not None and not _YEAR_RE.fullmatch(cat.group(1)):
                 out.fields["catalog_number"] = FieldValue(cat.group(1).strip(), line.score, "ocr")
             used.add(i)
 
@@ -135,12 +135,12 @@ def extract_from_ocr(lines: list[OcrLine]) -> Extraction:
                 break
 
     for i, line in enumerate(lines):
-        m = _YEAR_RE.search(line.text)
-        if m and "year" not in out.fields:
+        ym = _YEAR_RE.search(line.text)
+        if ym and "year" not in out.fields:
             barcode = out.fields.get("barcode")
-            if barcode is not None and m.group(1) in str(barcode.value):
+            if barcode is not None and ym.group(1) in str(barcode.value):
                 continue
-            out.fields["year"] = FieldValue(int(m.group(1)), line.score, "ocr")
+            out.fields["year"] = FieldValue(int(ym.group(1)), line.score, "ocr")
             if len(line.text.strip()) <= 8:
                 used.add(i)
 

@@ -60,7 +60,7 @@ class RecordFields:
     canonical_image_path: Mapped[str | None] = mapped_column(String(500), default=None)
 
     @declared_attr
-    def user_id(cls) -> Mapped[str]:  # noqa: N805
+    def user_id(cls) -> Mapped[str]:
         return mapped_column(ForeignKey("users.id"), index=True)
 
 

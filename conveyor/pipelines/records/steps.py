@@ -11,7 +11,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from sqlalchemy.orm import Session
 
 from conveyor.db.base import utcnow
@@ -33,8 +32,8 @@ from conveyor.pipelines.records.service import (
     set_state,
 )
 from conveyor.pipelines.records.states import AI_ANALYZED, ENRICHED, FAILED, PIPELINE, UPLOADED
-from conveyor.providers.llm.openai_compat import build_llm
 from conveyor.providers.llm.base import ImageInput
+from conveyor.providers.llm.openai_compat import build_llm
 from conveyor.providers.ocr.base import OcrEngine, OcrResult
 from conveyor.providers.ocr.rapid import build_ocr
 from conveyor.storage.signing import signed_path
