@@ -39,8 +39,7 @@ def make_settings(home: Path, **overrides: Any) -> Settings:
     """Settings for a test: everything under ``home``, nothing from the environment."""
     values: dict[str, Any] = {"home": home, "workers": 1, "executor": "inline",
                               "backoff_base_s": 0.05, "backoff_cap_s": 0.2,
-                              "poll_interval_s": 0.05, "discogs_base_url": "http://127.0.0.1:9",
-                              **overrides}
+                              "poll_interval_s": 0.05, **overrides}
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
@@ -49,7 +48,7 @@ def env_for(home: Path, **overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
     env.update({"CONVEYOR_HOME": str(home), "CONVEYOR_BACKOFF_BASE_S": "0.1",
                 "CONVEYOR_BACKOFF_CAP_S": "0.5", "CONVEYOR_POLL_INTERVAL_S": "0.05",
-                "CONVEYOR_DISCOGS_BASE_URL": "http://127.0.0.1:9", "PYTHONUNBUFFERED": "1"})
+                "PYTHONUNBUFFERED": "1"})
     env.update(overrides)
     return env
 
