@@ -60,7 +60,6 @@ class Settings(BaseSettings):
     # engine
     lease_seconds: float = 60.0
     heartbeat_seconds: float = 10.0
-    max_attempts: int = 3
     backoff_base_s: float = 2.0
     backoff_cap_s: float = 300.0
     poll_interval_s: float = 0.2

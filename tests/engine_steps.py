@@ -73,6 +73,17 @@ class Sleepy(Step):
         _mark(ctx, "sleepy_done")
 
 
+class Guarded(Step):
+    """Calls provider "p" through the engine's guard (as a provider client would)."""
+
+    pipeline = PIPELINE
+    name = "guarded"
+
+    def run(self, ctx: StepContext) -> Any:
+        ctx.guard.before_call("p")
+        _mark(ctx, "guarded")
+
+
 class Fanout(Step):
     pipeline = PIPELINE
     name = "fanout"
@@ -94,7 +105,7 @@ class Fanin(Step):
         _mark(ctx, "fanin")
 
 
-for _s in (Noop(), Flaky(), Broken(), Sleepy(), Fanout(), Fanin()):
+for _s in (Noop(), Flaky(), Broken(), Sleepy(), Guarded(), Fanout(), Fanin()):
     registry.register(_s)
 
 

@@ -32,7 +32,7 @@ from conveyor.engine.jobs import (
     schedule_retry,
 )
 from conveyor.engine.steps import JobCancelled, Resources, Step, StepContext, StepRegistry
-from conveyor.errors import ConveyorError, PermanentError, TransientError
+from conveyor.errors import ConveyorError, PermanentError, ProviderUnavailable, TransientError
 from conveyor.providers.base import CallGuard
 from conveyor.storage.base import Storage
 
@@ -82,6 +82,15 @@ class Runner:
         self.worker_id = worker_id or make_worker_id()
         self.pipelines = pipelines
         self.resources = Resources()
+
+    def warm_up(self) -> None:
+        """Let every step load its models now rather than on its first job."""
+        for step in self.registry.steps():
+            if self.pipelines is None or step.pipeline in self.pipelines:
+                try:
+                    step.warm_up(self.settings, self.resources)
+                except Exception:
+                    log.exception("warm-up of %s.%s failed", step.pipeline, step.name)
 
     @property
     def db_url(self) -> str:
@@ -167,7 +176,9 @@ class Runner:
     def _handle_error(self, step: Step, ctx: StepContext, exc: ConveyorError,
                       stack: str) -> None:
         job = ctx.job
-        if isinstance(exc, PermanentError) or job.attempts >= job.max_attempts:
+        # an open breaker or an exhausted rate limit is nobody's fault: wait, don't count it
+        waiting = isinstance(exc, ProviderUnavailable)
+        if not waiting and (isinstance(exc, PermanentError) or job.attempts >= job.max_attempts):
             self._fail(step, ctx, exc, stack)
             return
         retry_after = exc.retry_after if isinstance(exc, TransientError) else None
@@ -181,6 +192,8 @@ class Runner:
             if row is None:
                 return
             schedule_retry(row, delay, str(exc), stack)
+            if waiting:
+                row.attempts -= 1
             rows = self._write_audits(session, ctx)
             emit(session, "job.retry", owner_id=self._owner(session, job), item_id=job.item_id,
                  pipeline=job.pipeline, job_id=job.id, step=job.step, error=str(exc),

@@ -92,7 +92,10 @@ class Step:
 
     pipeline: ClassVar[str]
     name: ClassVar[str]
-    max_attempts: ClassVar[int] = 3
+
+    def warm_up(self, settings: Settings, resources: Resources) -> None:
+        """Load what the step needs (a model) before the first job, in each worker."""
+        return None
 
     def run(self, ctx: StepContext) -> Any:
         return None
@@ -125,6 +128,9 @@ class StepRegistry:
 
     def get(self, pipeline: str, name: str) -> Step | None:
         return self._steps.get((pipeline, name))
+
+    def steps(self) -> list[Step]:
+        return [self._steps[k] for k in sorted(self._steps)]
 
     def names(self) -> list[tuple[str, str]]:
         return sorted(self._steps)

@@ -101,6 +101,7 @@ def corpus_images() -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.name != "MANIFEST.tsv")
 
 
+@pytest.mark.timeout(1500)
 def test_every_corpus_image_ends_as_a_jpeg_or_a_clean_error(tmp_path: Path) -> None:
     files = corpus_images()
     home = tmp_path / "home"
@@ -112,7 +113,7 @@ def test_every_corpus_image_ends_as_a_jpeg_or_a_clean_error(tmp_path: Path) -> N
                 r = c.post("/api/v1/upap/upload", files={"file": (path.name, path.read_bytes())})
                 assert r.status_code == 200, (path, r.text)
                 ids[r.json()["preview_id"]] = path
-        deadline = time.monotonic() + 900
+        deadline = time.monotonic() + 1400
         while True:
             with read_session(db_url(home)) as session:
                 busy = session.scalar(select(func.count()).select_from(Item)

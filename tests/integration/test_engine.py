@@ -353,3 +353,19 @@ def test_due_jobs_run_before_delayed_ones(settings: Settings) -> None:
         session.execute(update(Job).where(Job.id == later)
                         .values(run_after=utcnow() - timedelta(seconds=1)))
     assert runner.run_one()
+
+
+def test_an_open_breaker_delays_without_using_up_attempts(settings: Settings) -> None:
+    guard = DbCallGuard(settings.resolved_database_url, {"p": Rate(6000)},
+                        breaker_failures=1, breaker_open_s=30)
+    guard.after_call("p", ok=False)  # the provider just failed: breaker open for 30 s
+    jid = add_jobs(settings, "guarded")[0]
+    runner = build_test_runner(settings)
+    for _ in range(5):  # however often it is tried while the breaker is open
+        with transaction(settings.resolved_database_url) as session:
+            session.execute(update(Job).where(Job.id == jid).values(run_after=utcnow()))
+        assert runner.run_one()
+    row = job(settings, jid)
+    assert row.status == "pending" and row.attempts == 0
+    assert "circuit_open" in (row.last_error or "")
+    assert (row.run_after - utcnow()).total_seconds() > 20

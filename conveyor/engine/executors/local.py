@@ -37,6 +37,7 @@ def worker_main(settings: Settings, factory: RunnerFactory, stop: Any) -> None:
     signal.signal(signal.SIGTERM, lambda *_: terminated.set())
     parent = os.getppid()
     runner = factory(settings)
+    runner.warm_up()
     idle = settings.poll_interval_s
     while not stop.is_set() and not terminated.is_set() and os.getppid() == parent:
         try:

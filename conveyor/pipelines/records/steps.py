@@ -13,11 +13,12 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from conveyor.config import Settings
 from conveyor.db.base import utcnow
 from conveyor.db.models import Artifact
 from conveyor.db.session import read_session
 from conveyor.engine.jobs import JobSpec, enqueue
-from conveyor.engine.steps import Step, StepContext, registry
+from conveyor.engine.steps import Resources, Step, StepContext, registry
 from conveyor.errors import ConveyorError, PermanentError
 from conveyor.media.image import CanonicalImage, ImageLimits, canonicalize_isolated
 from conveyor.pipeline.gate import Gate
@@ -139,12 +140,18 @@ class OcrStep(RecordsStep):
     """Level 1: OCR plus heuristics. Confident enough → AI_ANALYZED; else Level 3."""
     name = "ocr"
 
+    def _engine(self, settings: Settings, resources: Resources) -> OcrEngine:
+        engine: OcrEngine = resources.get("ocr", lambda: build_ocr(settings.ocr_provider))
+        return engine
+
+    def warm_up(self, settings: Settings, resources: Resources) -> None:
+        self._engine(settings, resources)
+
     def run(self, ctx: StepContext) -> OcrOutput:
         preview = _load(ctx)
         if not preview.canonical_image_path:
             raise PermanentError("the image was not canonicalised", code="no_canonical_image")
-        engine: OcrEngine = ctx.resources.get(
-            "ocr", lambda: build_ocr(ctx.settings.ocr_provider))
+        engine = self._engine(ctx.settings, ctx.resources)
         path = ctx.storage.local_path(preview.canonical_image_path)
         with tier(ctx, "LEVEL_1_OCR", f"{engine.name}+heuristics") as t:
             result = engine.read(path)
