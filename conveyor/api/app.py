@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = False)
     app = FastAPI(title="Conveyor", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.storage = storage_for(settings)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes + 64 * 1024)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
 
     from conveyor.pipelines.records.api import router as records_router
     from conveyor.web.pages import router as pages_router

@@ -122,8 +122,8 @@ async def events(
     """Server-sent events: item states, job transitions, progress. Resumes from
     ``Last-Event-ID`` (or ``?after=``); starts at 'now' otherwise."""
     header = request.headers.get("last-event-id")
-    if after is None and header and header.isdigit():
-        after = int(header)
+    if header and header.isdigit():  # a reconnecting browser: resume where it stopped
+        after = max(after or 0, int(header))
     if after is None:
         with read_session(settings.resolved_database_url) as session:
             after = latest_event_id(session)

@@ -13,9 +13,11 @@ class BodyTooLarge(Exception):
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, overhead: int = 64 * 1024) -> None:
+        """Refuse bodies over ``max_bytes`` of file plus ``overhead`` of multipart framing."""
         self.app = app
-        self.max_bytes = max_bytes
+        self.file_limit = max_bytes
+        self.max_bytes = max_bytes + overhead
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -51,8 +53,9 @@ class BodyLimitMiddleware:
                 await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
-        body: dict[str, Any] = {"detail": {"code": "body_too_large",
-                                           "message": f"request body over {self.max_bytes} bytes"}}
+        body: dict[str, Any] = {"detail": {
+            "code": "upload_too_large",
+            "message": f"the upload is larger than {self.file_limit} bytes"}}
         payload = json.dumps(body).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"),

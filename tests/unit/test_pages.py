@@ -85,6 +85,15 @@ def test_login_sets_a_safe_cookie_and_logout_clears_it(settings: Settings,
     assert client.get("/").status_code == 303
 
 
+def test_login_from_another_site_is_refused(settings: Settings, client: TestClient) -> None:
+    _, token = create_user(settings.resolved_database_url, "mallory-victim")
+    r = client.post("/login", data={"token": token}, headers={"Origin": "https://evil.example"})
+    assert r.status_code == 403
+    assert "conveyor_token" not in r.headers.get("set-cookie", "")
+    r = client.post("/login", data={"token": token}, headers={"Origin": "http://testserver"})
+    assert r.status_code == 303
+
+
 def test_login_redirects_back_to_the_page_asked_for(settings: Settings,
                                                     client: TestClient) -> None:
     _, token = create_user(settings.resolved_database_url, "bob")

@@ -14,7 +14,7 @@ from conveyor.config import Settings
 from conveyor.db.models import Item
 from conveyor.db.session import read_session
 from conveyor.errors import PermanentError
-from conveyor.pipelines.records import service
+from conveyor.pipelines.records import service, views
 from conveyor.pipelines.records.models import ArchiveRecord, PreviewRecord
 from conveyor.pipelines.records.service import RecordsError
 from conveyor.pipelines.records.states import PIPELINE
@@ -75,22 +75,10 @@ def list_previews(
 ) -> dict[str, Any]:
     """Previews, newest first; ``review_queue=true``: those awaiting a person, least
     confident first."""
-    stmt = select(PreviewRecord)
-    if principal.scope is not None:
-        stmt = stmt.where(PreviewRecord.user_id == principal.scope)
-    if review_queue:
-        stmt = stmt.where(PreviewRecord.state.in_(("AI_ANALYZED",)),
-                          PreviewRecord.archive_after_enrich.is_(False))
-        stmt = stmt.order_by(func.coalesce(PreviewRecord.confidence, 0.0),
-                             PreviewRecord.created_at)
-    else:
-        stmt = stmt.order_by(PreviewRecord.created_at.desc())
-    if state:
-        stmt = stmt.where(PreviewRecord.state == state)
     with read_session(settings.resolved_database_url) as session:
-        rows = session.scalars(stmt.limit(limit).offset(offset)).all()
-        return {"previews": [preview_view(session, settings, p, with_audit=False)
-                             for p in rows]}
+        return {"previews": views.list_previews(session, settings, principal.scope,
+                                                state=state, review_queue=review_queue,
+                                                limit=limit, offset=offset)}
 
 
 class ReviewBody(BaseModel):
@@ -153,17 +141,10 @@ def list_records(
     principal: Principal = Depends(require_principal),
     settings: Settings = Depends(get_app_settings),
 ) -> dict[str, Any]:
-    stmt = select(ArchiveRecord).order_by(ArchiveRecord.archived_at.desc())
-    if principal.scope is not None:
-        stmt = stmt.where(ArchiveRecord.user_id == principal.scope)
-    if q:
-        like = f"%{q}%"
-        stmt = stmt.where(ArchiveRecord.artist.ilike(like) | ArchiveRecord.album.ilike(like))
     with read_session(settings.resolved_database_url) as session:
-        total = session.scalar(select(func.count()).select_from(stmt.subquery()))
-        rows = session.scalars(stmt.limit(limit).offset(offset)).all()
-        return {"total": total,
-                "records": [record_view(session, settings, r, with_audit=False) for r in rows]}
+        total, records = views.list_records(session, settings, principal.scope, q=q,
+                                            limit=limit, offset=offset)
+    return {"total": total, "records": records}
 
 
 @router.get("/records/{record_id}")

@@ -60,7 +60,8 @@ def set_state(session: Session, preview: PreviewRecord, state: str, **extra: Any
         item.error_code = extra.pop("error_code", None)
         item.error_message = extra.pop("error_message", None)
     emit(session, "item.state", owner_id=preview.user_id, item_id=preview.preview_id,
-         pipeline=PIPELINE, state=state, confidence=preview.confidence, **extra)
+         pipeline=PIPELINE, state=state, confidence=preview.confidence,
+         artist=preview.artist, album=preview.album, **extra)
 
 
 def _existing_for_key(session: Session, owner_id: str, key: str) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from conveyor.config import Settings
@@ -27,6 +27,15 @@ def _metadata(row: PreviewRecord | ArchiveRecord) -> dict[str, Any]:
     return {f: getattr(row, f) for f in METADATA_FIELDS}
 
 
+def field_confidence(row: PreviewRecord | ArchiveRecord) -> dict[str, float]:
+    """Each field's confidence from the analysis tiers, while its value is still theirs
+    (a field a person or a catalogue set afterwards has no model confidence)."""
+    fields = (row.ai_metadata or {}).get("fields", {})
+    sources = row.field_sources or {}
+    return {k: float(v["confidence"]) for k, v in fields.items()
+            if isinstance(v, dict) and v.get("source") == sources.get(k)}
+
+
 def _image_url(settings: Settings, key: str | None) -> str | None:
     return signed_path(settings.signing_key(), key, ttl_s=3600) if key else None
 
@@ -41,6 +50,7 @@ def preview_view(session: Session, settings: Settings, preview: PreviewRecord,
         "confidence": preview.confidence,
         "metadata": _metadata(preview),
         "field_sources": preview.field_sources or {},
+        "field_confidence": field_confidence(preview),
         "enrichment_source": preview.enrichment_source,
         "model_used": preview.model_used,
         "cost_estimate": round(item.cost_total, 6) if item else preview.cost_estimate,
@@ -67,6 +77,7 @@ def record_view(session: Session, settings: Settings, record: ArchiveRecord,
         "confidence": record.confidence,
         "metadata": _metadata(record),
         "field_sources": record.field_sources or {},
+        "field_confidence": field_confidence(record),
         "enrichment_source": record.enrichment_source,
         "model_used": record.model_used,
         "cost_estimate": round(item.cost_total, 6) if item else record.cost_estimate,
@@ -77,3 +88,39 @@ def record_view(session: Session, settings: Settings, record: ArchiveRecord,
     if with_audit:
         view["audit"] = audit_trail(session, record.preview_id)
     return view
+
+
+def list_previews(session: Session, settings: Settings, owner_id: str | None, *,
+                  state: str | None = None, review_queue: bool = False, limit: int = 100,
+                  offset: int = 0) -> list[dict[str, Any]]:
+    """Previews, newest first; ``review_queue``: those awaiting a person (AI_ANALYZED and
+    not about to archive themselves), least confident first. ``owner_id=None``: everyone's."""
+    stmt = select(PreviewRecord)
+    if owner_id is not None:
+        stmt = stmt.where(PreviewRecord.user_id == owner_id)
+    if review_queue:
+        stmt = stmt.where(PreviewRecord.state == "AI_ANALYZED",
+                          PreviewRecord.archive_after_enrich.is_(False))
+        stmt = stmt.order_by(func.coalesce(PreviewRecord.confidence, 0.0),
+                             PreviewRecord.created_at)
+    else:
+        stmt = stmt.order_by(PreviewRecord.created_at.desc())
+    if state:
+        stmt = stmt.where(PreviewRecord.state == state)
+    rows = session.scalars(stmt.limit(limit).offset(offset)).all()
+    return [preview_view(session, settings, p, with_audit=False) for p in rows]
+
+
+def list_records(session: Session, settings: Settings, owner_id: str | None, *,
+                 q: str | None = None, limit: int = 100,
+                 offset: int = 0) -> tuple[int, list[dict[str, Any]]]:
+    """Archived records, newest first, optionally matching ``q`` in artist or album."""
+    stmt = select(ArchiveRecord).order_by(ArchiveRecord.archived_at.desc())
+    if owner_id is not None:
+        stmt = stmt.where(ArchiveRecord.user_id == owner_id)
+    if q:
+        like = f"%{q}%"
+        stmt = stmt.where(ArchiveRecord.artist.ilike(like) | ArchiveRecord.album.ilike(like))
+    total = int(session.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
+    rows = session.scalars(stmt.limit(limit).offset(offset)).all()
+    return total, [record_view(session, settings, r, with_audit=False) for r in rows]
