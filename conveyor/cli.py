@@ -118,7 +118,6 @@ def ingest_records(
 
     from conveyor.db.models import User
     from conveyor.db.session import read_session
-    from conveyor.engine.executors.inline import run_until_idle
     from conveyor.pipelines.records.service import create_preview
     from conveyor.runtime import build_runner, storage_for
 
@@ -129,21 +128,47 @@ def ingest_records(
         err.print(f"[red]no user named {user!r}[/] (create one: conveyor users create NAME)")
         raise typer.Exit(2)
     storage = storage_for(s)
+    run_id = _start_run(s, owner.id, len(files))
     ids: list[tuple[Path, str]] = []
     with _progress() as progress:
         task = progress.add_task("uploading", total=len(files))
         for path in files:
             with open(path, "rb") as fh:
-                up = create_preview(s, storage, owner_id=owner.id, filename=path.name, stream=fh)
+                up = create_preview(s, storage, owner_id=owner.id, filename=path.name,
+                                    stream=fh, run_id=run_id)
             ids.append((path, up.preview_id))
             progress.advance(task)
     if wait:
         runner = build_runner(s)
         with _progress() as progress:
-            task = progress.add_task("processing", total=None)
-            run_until_idle(runner, wait_for_delayed_s=0.0)
-            progress.update(task, completed=1, total=1)
+            task = progress.add_task("processing", total=len(ids))
+            while runner.run_one():
+                progress.update(task, completed=_settled(s, run_id))
+            progress.update(task, completed=_settled(s, run_id))
     _print_previews(s, ids)
+
+
+def _start_run(s: Settings, owner_id: str, total: int) -> str:
+    from conveyor.db.models import Run
+    from conveyor.db.session import transaction
+
+    with transaction(s.resolved_database_url) as session:
+        run = Run(pipeline="records", owner_id=owner_id, total=total)
+        session.add(run)
+        session.flush()
+        return run.id
+
+
+def _settled(s: Settings, run_id: str) -> int:
+    """Items of the batch that are no longer being analysed."""
+    from sqlalchemy import func, select
+
+    from conveyor.db.models import Item
+    from conveyor.db.session import read_session
+
+    with read_session(s.resolved_database_url) as session:
+        return int(session.scalar(select(func.count()).select_from(Item).where(
+            Item.run_id == run_id, Item.state != "UPLOADED")) or 0)
 
 
 def _progress() -> Progress:
