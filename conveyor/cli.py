@@ -67,7 +67,8 @@ def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8000,
     workers: Annotated[int | None, typer.Option(help="local worker processes")] = None,
-    executor: Annotated[str | None, typer.Option(help="inline, local or celery")] = None,
+    executor: Annotated[str | None, typer.Option(
+        help="local (worker processes) or inline (no workers: API only)")] = None,
 ) -> None:
     """Run the API and web UI (and, with the local executor, the worker processes)."""
     import uvicorn
@@ -276,6 +277,20 @@ def users_token(name: str) -> None:
     except AccountError as exc:
         err.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc
+
+
+@users_app.command("revoke")
+def users_revoke(name: str) -> None:
+    """Revoke every API token of a user."""
+    from conveyor.accounts import AccountError, revoke_tokens
+
+    s = _settings()
+    try:
+        n = revoke_tokens(s.resolved_database_url, name)
+    except AccountError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+    console.print(f"revoked {n} token(s) of {name!r}")
 
 
 @users_app.command("list")

@@ -117,3 +117,16 @@ def build_test_runner(settings: Settings) -> Runner:
 def runs(settings: Settings, name: str) -> list[str]:
     path = Path(settings.home_dir) / f"{name}.runs"
     return path.read_text().split("\n")[:-1] if path.exists() else []
+
+
+class CommitRefuses(Step):
+    """Its commit raises, as a step whose item disappeared would."""
+
+    pipeline = PIPELINE
+    name = "commit_refuses"
+
+    def commit(self, ctx: StepContext, session: Session, output: Any) -> None:
+        raise PermanentError("the item is gone", code="test_gone")
+
+
+registry.register(CommitRefuses())

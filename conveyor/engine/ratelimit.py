@@ -103,8 +103,3 @@ class DbCallGuard:
             if row.failures >= self.breaker_failures:
                 row.open_until = now + self.breaker_open_s
                 row.failures = 0
-
-
-def bucket_state(db_url: str, provider: str) -> RateBucket | None:
-    with transaction(db_url) as session:
-        return session.get(RateBucket, provider)

@@ -153,7 +153,13 @@ class Runner:
             log.warning("job %s lost its lease while running; discarding its output", job.id)
             return
         elapsed_ms = int((time.perf_counter() - started) * 1000)
-        self._complete(step, ctx, output, elapsed_ms)
+        try:
+            self._complete(step, ctx, output, elapsed_ms)
+        except ConveyorError as exc:  # the commit itself refused (e.g. the item is gone)
+            self._handle_error(step, ctx, exc, traceback.format_exc())
+        except Exception as exc:  # a database error mid-commit: nothing was written
+            err = TransientError(f"{type(exc).__name__}: {exc}", code="commit_failed")
+            self._handle_error(step, ctx, err, traceback.format_exc())
 
     # -- outcomes ----------------------------------------------------------------------
 

@@ -24,6 +24,9 @@ def test_users_ingest_items_and_jobs(tmp_path: Path) -> None:
     assert who is not None and who.name == "carol" and not who.is_admin
     second = run_cli(home, "users", "token", "carol", env=env).strip().splitlines()[-1]
     assert second != token and authenticate(url, second) is not None
+    assert "revoked 2 token(s)" in run_cli(home, "users", "revoke", "carol", env=env)
+    assert authenticate(url, token) is None and authenticate(url, second) is None
+    run_cli(home, "users", "token", "carol", env=env)
     dup = subprocess.run([sys.executable, "-m", "conveyor.cli", "users", "create", "carol"],
                          env=env, capture_output=True, text=True, timeout=120)
     assert dup.returncode == 1 and "already exists" in dup.stderr

@@ -369,3 +369,36 @@ def test_an_open_breaker_delays_without_using_up_attempts(settings: Settings) ->
     assert row.status == "pending" and row.attempts == 0
     assert "circuit_open" in (row.last_error or "")
     assert (row.run_after - utcnow()).total_seconds() > 20
+
+
+def test_a_redelivered_job_id_finds_the_job_done_and_does_nothing(settings: Settings) -> None:
+    jid = add_jobs(settings, "noop")[0]
+    runner = build_test_runner(settings)
+    assert runner.run_by_id(jid)
+    assert not runner.run_by_id(jid)  # a broker delivered the same id again
+    assert len(runs(settings, "noop")) == 1 and job(settings, jid).status == "completed"
+
+
+def test_old_events_are_pruned(settings: Settings) -> None:
+    from conveyor.db.models import Event
+    from conveyor.engine.events import emit, prune_events
+
+    with transaction(settings.resolved_database_url) as session:
+        emit(session, "old")
+        emit(session, "new")
+        session.flush()
+        session.execute(update(Event).where(Event.kind == "old")
+                        .values(created_at=utcnow() - timedelta(hours=25)))
+    with transaction(settings.resolved_database_url) as session:
+        assert prune_events(session, keep_hours=24) == 1
+    with read_session(settings.resolved_database_url) as session:
+        assert session.scalars(select(Event.kind)).all() == ["new"]
+
+
+def test_a_commit_that_raises_fails_the_job_cleanly(settings: Settings) -> None:
+    jid = add_jobs(settings, "commit_refuses")[0]
+    runner = build_test_runner(settings)
+    assert runner.run_one()
+    row = job(settings, jid)
+    assert row.status == "failed" and "test_gone" in (row.last_error or "")
+    assert row.lease_until is None  # not left running until its lease expires

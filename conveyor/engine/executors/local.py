@@ -18,6 +18,8 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from conveyor.config import Settings
+from conveyor.db.session import transaction
+from conveyor.engine.events import prune_events
 from conveyor.engine.jobs import reap_expired_leases
 from conveyor.engine.runner import Runner
 
@@ -58,6 +60,7 @@ class LocalExecutor:
         self.processes: list[BaseProcess] = []
         self._supervisor: threading.Thread | None = None
         self._halt = threading.Event()
+        self._next_prune = 0.0
 
     def _spawn(self) -> BaseProcess:
         # not a daemon: a worker starts its own child for image decoding
@@ -85,12 +88,21 @@ class LocalExecutor:
                     self.processes[i] = self._spawn()
             if time.monotonic() >= next_reap:
                 next_reap = time.monotonic() + reap_every
-                try:
-                    n = reap_expired_leases(self.settings.resolved_database_url)
-                    if n:
-                        log.warning("reaper returned %d expired job(s) to the queue", n)
-                except Exception:
-                    log.exception("reaper failed")
+                self._housekeeping()
+
+    def _housekeeping(self) -> None:
+        """Return expired leases to the queue; now and then drop day-old events."""
+        url = self.settings.resolved_database_url
+        try:
+            n = reap_expired_leases(url)
+            if n:
+                log.warning("reaper returned %d expired job(s) to the queue", n)
+            if time.monotonic() >= self._next_prune:
+                self._next_prune = time.monotonic() + 600
+                with transaction(url) as session:
+                    prune_events(session, keep_hours=24)
+        except Exception:
+            log.exception("housekeeping failed")
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes if p.pid is not None]

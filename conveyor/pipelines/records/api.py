@@ -6,18 +6,16 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, File, Header, HTTPException, Query, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from conveyor.accounts import Principal
 from conveyor.api.deps import get_app_settings, get_storage, require_principal
 from conveyor.config import Settings
-from conveyor.db.models import Item
 from conveyor.db.session import read_session
 from conveyor.errors import PermanentError
 from conveyor.pipelines.records import service, views
 from conveyor.pipelines.records.models import ArchiveRecord, PreviewRecord
 from conveyor.pipelines.records.service import RecordsError
-from conveyor.pipelines.records.states import PIPELINE
 from conveyor.pipelines.records.views import preview_view, record_view
 from conveyor.storage import Storage
 from conveyor.storage.base import UploadTooLarge
@@ -158,12 +156,4 @@ def get_record(record_id: str, principal: Principal = Depends(require_principal)
         return record_view(session, settings, record)
 
 
-def counts_by_state(settings: Settings, owner_id: str | None) -> dict[str, int]:
-    stmt = select(Item.state, func.count()).where(Item.pipeline == PIPELINE).group_by(Item.state)
-    if owner_id is not None:
-        stmt = stmt.where(Item.owner_id == owner_id)
-    with read_session(settings.resolved_database_url) as session:
-        return {state: n for state, n in session.execute(stmt)}
-
-
-__all__ = ["counts_by_state", "router"]
+__all__ = ["router"]
