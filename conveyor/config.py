@@ -74,7 +74,7 @@ class Settings(BaseSettings):
 
     @property
     def home_dir(self) -> Path:
-        return self.home.resolve()
+        return _resolved(self.home)
 
     @property
     def resolved_database_url(self) -> str:
@@ -113,6 +113,12 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+@lru_cache(maxsize=64)
+def _resolved(path: Path) -> Path:
+    """``Path.resolve`` touches the file system; the home folder is asked for constantly."""
+    return path.resolve()
 
 
 @lru_cache(maxsize=1)

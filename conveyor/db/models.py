@@ -106,7 +106,8 @@ class Job(Base):
     processing_time_ms: Mapped[int | None] = mapped_column(Integer, default=None)
 
     __table_args__ = (
-        Index("ix_jobs_claim", "status", "run_after", "priority"),
+        # the claim: status = 'pending' ORDER BY priority DESC, run_after
+        Index("ix_jobs_claim", "status", text("priority DESC"), "run_after"),
         Index("ix_jobs_lease", "status", "lease_until"),
         Index(
             "uq_jobs_idempotency_active",

@@ -68,10 +68,29 @@ def session_factory(url: str) -> sessionmaker[Session]:
     return _factories[(url, os.getpid())]
 
 
+_sqlite_writer = threading.RLock()
+
+
+@contextmanager
+def write_lock(url: str) -> Iterator[None]:
+    """On SQLite, threads of one process take turns to write.
+
+    SQLite admits one writer at a time; without this, threads that find the database
+    locked sleep in SQLite's busy handler with growing back-off and the tail latency
+    explodes. A Python lock queues them fairly instead (other processes still meet the
+    busy timeout). PostgreSQL needs no such thing.
+    """
+    if url.startswith("sqlite"):
+        with _sqlite_writer:
+            yield
+    else:
+        yield
+
+
 @contextmanager
 def transaction(url: str) -> Iterator[Session]:
     """A write transaction: committed on success, rolled back on any exception."""
-    with session_factory(url)() as session, session.begin():
+    with write_lock(url), session_factory(url)() as session, session.begin():
         yield session
 
 

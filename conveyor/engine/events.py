@@ -10,20 +10,24 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.orm import Session
 
 from conveyor.db.base import utcnow
 from conveyor.db.models import Event
 from conveyor.db.session import affected
 
+_EVENTS: Table = Event.__table__  # type: ignore[assignment]
+_INSERT = insert(_EVENTS)  # Core: no unit-of-work flush per event
+
 
 def emit(
     session: Session, kind: str, *, owner_id: str | None = None, item_id: str | None = None,
     pipeline: str | None = None, **data: Any,
 ) -> None:
-    session.add(Event(kind=kind, owner_id=owner_id, item_id=item_id, pipeline=pipeline,
-                      data=data))
+    session.connection().execute(_INSERT, {"kind": kind, "owner_id": owner_id,
+                                           "item_id": item_id, "pipeline": pipeline,
+                                           "data": data, "created_at": utcnow()})
 
 
 def events_after(

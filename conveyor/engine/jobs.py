@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import TextualSelect, and_, bindparam, column, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from conveyor.db.base import new_id, utcnow
+from conveyor.db.base import JSONType, UTCDateTime, new_id, utcnow
 from conveyor.db.models import Job
-from conveyor.db.session import affected, transaction
+from conveyor.db.session import affected, get_engine, transaction, write_lock
 
 ACTIVE = ("pending", "running")
 FINAL = ("completed", "failed", "blocked", "cancelled")
@@ -126,6 +127,39 @@ _RETURNING = (Job.id, Job.item_id, Job.run_id, Job.pipeline, Job.step, Job.attem
               Job.max_attempts, Job.payload, Job.parent_id)
 
 
+@lru_cache(maxsize=32)
+def _claim_statement(dialect: str, by_pipeline: bool, by_step: bool) -> TextualSelect:
+    """The claim as one prepared statement per dialect (built once: this is the hot path).
+
+    Only pending jobs are claimed here; jobs whose worker died are returned to pending by
+    :func:`reap_expired_leases`, which keeps this query on one index range.
+    """
+    filters = ""
+    if by_pipeline:
+        filters += " AND pipeline IN :pipelines"
+    if by_step:
+        filters += " AND step IN :steps"
+    lock = " FOR UPDATE SKIP LOCKED" if dialect == "postgresql" else ""
+    sql = (
+        "UPDATE jobs SET status = 'running', locked_by = :worker, locked_at = :now, "
+        "lease_until = :lease_until, attempts = attempts + 1, started_at = :now "
+        "WHERE id = (SELECT id FROM jobs WHERE status = 'pending' AND run_after <= :now"
+        f"{filters} ORDER BY priority DESC, run_after LIMIT 1{lock}) "
+        "AND status = 'pending' "
+        "RETURNING id, item_id, run_id, pipeline, step, attempts, max_attempts, payload, "
+        "parent_id"
+    )
+    params = [bindparam("now", type_=UTCDateTime()),
+              bindparam("lease_until", type_=UTCDateTime())]
+    if by_pipeline:
+        params.append(bindparam("pipelines", expanding=True))
+    if by_step:
+        params.append(bindparam("steps", expanding=True))
+    return text(sql).bindparams(*params).columns(
+        Job.id, Job.item_id, Job.run_id, Job.pipeline, Job.step, Job.attempts,
+        Job.max_attempts, column("payload", JSONType), Job.parent_id)
+
+
 def claim_next_job(
     db_url: str,
     worker_id: str,
@@ -133,33 +167,34 @@ def claim_next_job(
     pipelines: tuple[str, ...] | None = None,
     steps: tuple[str, ...] | None = None,
 ) -> ClaimedJob | None:
-    """Atomically take the next due job (or one whose lease expired) and lease it."""
+    """Atomically take the next due pending job and lease it to ``worker_id``."""
+    engine = get_engine(db_url)
     now = utcnow()
-    due = or_(
-        and_(Job.status == "pending", Job.run_after <= now),
-        and_(Job.status == "running", Job.lease_until < now),
-    )
-    query = select(Job.id).where(due)
+    stmt = _claim_statement(engine.dialect.name, bool(pipelines), bool(steps))
+    params: dict[str, Any] = {"worker": worker_id, "now": now,
+                              "lease_until": now + timedelta(seconds=lease_s)}
     if pipelines:
-        query = query.where(Job.pipeline.in_(pipelines))
+        params["pipelines"] = list(pipelines)
     if steps:
-        query = query.where(Job.step.in_(steps))
-    candidate = (
-        query.order_by(Job.priority.desc(), Job.run_after)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
-    stmt = (
-        update(Job)
-        .where(Job.id == candidate)
-        .where(due)  # re-checked: on PostgreSQL the row may have changed since the select
-        .values(**_claim_values(worker_id, now, lease_s))
-        .returning(*_RETURNING)
-    )
-    with transaction(db_url) as session:
-        row = session.execute(stmt).first()
-        return _claimed(row, worker_id) if row is not None else None
+        params["steps"] = list(steps)
+    with write_lock(db_url), engine.begin() as conn:
+        row = conn.execute(stmt, params).first()
+    return _claimed(row, worker_id) if row is not None else None
+
+
+_FINISH = text(
+    "UPDATE jobs SET status = :status, finished_at = :now, lease_until = NULL, "
+    "processing_time_ms = :ms WHERE id = :id AND status = 'running' AND locked_by = :worker"
+).bindparams(bindparam("now", type_=UTCDateTime()))
+
+
+def finish_owned_job(session: Session, job: ClaimedJob, status: str, elapsed_ms: int) -> bool:
+    """Mark our job finished in the caller's transaction; False if we no longer own it
+    (its lease expired and another worker took it): then nothing must be committed."""
+    result = session.connection().execute(
+        _FINISH, {"status": status, "now": utcnow(), "ms": elapsed_ms, "id": job.id,
+                  "worker": job.worker_id})
+    return affected(result) == 1
 
 
 def claim_job_by_id(db_url: str, job_id: str, worker_id: str, lease_s: float) -> ClaimedJob | None:

@@ -9,12 +9,13 @@ import threading
 import time
 import traceback
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from conveyor.config import Settings
-from conveyor.db.models import Item, Job
+from conveyor.db.models import Item
 from conveyor.db.session import transaction
 from conveyor.engine.audit import AuditRecord, append_pipeline_log, write_audit
 from conveyor.engine.backoff import backoff_delay
@@ -27,8 +28,10 @@ from conveyor.engine.jobs import (
     claim_next_job,
     enqueue,
     finish,
+    finish_owned_job,
     heartbeat,
     lock_owned_job,
+    reap_expired_leases,
     schedule_retry,
 )
 from conveyor.engine.steps import JobCancelled, Resources, Step, StepContext, StepRegistry
@@ -43,30 +46,55 @@ def make_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-class _Heartbeat(threading.Thread):
-    """Extends the lease while a step runs; flags cancellation and a lost lease."""
+@dataclass
+class _Watch:
+    job: ClaimedJob
+    ctx: StepContext
+    lost: bool = False
 
-    def __init__(self, runner: Runner, job: ClaimedJob, ctx: StepContext) -> None:
-        super().__init__(daemon=True, name=f"heartbeat-{job.id[:8]}")
-        self.runner, self.job, self.ctx = runner, job, ctx
-        self.stop_event = threading.Event()
-        self.lost = False
+
+class _Heartbeat(threading.Thread):
+    """One thread per runner that extends the lease of whatever job is running.
+
+    It also flags cancellation (``ctx.cancelled``) and a lost lease (another worker took
+    the job over after our lease expired), so the step stops and its output is discarded.
+    """
+
+    def __init__(self, runner: Runner) -> None:
+        super().__init__(daemon=True, name="conveyor-heartbeat")
+        self.runner = runner
+        self._lock = threading.Lock()
+        self._watch: _Watch | None = None
+
+    def watch(self, job: ClaimedJob, ctx: StepContext) -> _Watch:
+        watch = _Watch(job, ctx)
+        with self._lock:
+            self._watch = watch
+        return watch
+
+    def release(self) -> None:
+        with self._lock:
+            self._watch = None
 
     def run(self) -> None:
         s = self.runner.settings
-        while not self.stop_event.wait(s.heartbeat_seconds):
+        while True:
+            time.sleep(s.heartbeat_seconds)
+            with self._lock:
+                watch = self._watch
+            if watch is None:
+                continue
             try:
-                ours, cancel = heartbeat(s.resolved_database_url, self.job.id,
-                                         self.job.worker_id, s.lease_seconds)
+                ours, cancel = heartbeat(s.resolved_database_url, watch.job.id,
+                                         watch.job.worker_id, s.lease_seconds)
             except Exception:  # a database hiccup: try again at the next beat
-                log.warning("heartbeat failed for job %s", self.job.id, exc_info=True)
+                log.warning("heartbeat failed for job %s", watch.job.id, exc_info=True)
                 continue
             if not ours:
-                self.lost = True
-                self.ctx.cancelled.set()
-                return
-            if cancel:
-                self.ctx.cancelled.set()
+                watch.lost = True
+                watch.ctx.cancelled.set()
+            elif cancel:
+                watch.ctx.cancelled.set()
 
 
 class Runner:
@@ -82,6 +110,8 @@ class Runner:
         self.worker_id = worker_id or make_worker_id()
         self.pipelines = pipelines
         self.resources = Resources()
+        self._heartbeat: _Heartbeat | None = None
+        self._next_reap = 0.0
 
     def warm_up(self) -> None:
         """Let every step load its models now rather than on its first job."""
@@ -98,12 +128,26 @@ class Runner:
 
     def run_one(self) -> bool:
         """Claim and run the next due job. False when there was none."""
-        job = claim_next_job(self.db_url, self.worker_id, self.settings.lease_seconds,
-                             pipelines=self.pipelines)
+        job = self._claim()
+        if job is None and time.monotonic() >= self._next_reap:
+            # idle: return jobs of dead workers to the queue (at most once a second)
+            self._next_reap = time.monotonic() + 1.0
+            if reap_expired_leases(self.db_url):
+                job = self._claim()
         if job is None:
             return False
         self.execute(job)
         return True
+
+    def _claim(self) -> ClaimedJob | None:
+        return claim_next_job(self.db_url, self.worker_id, self.settings.lease_seconds,
+                              pipelines=self.pipelines)
+
+    def _beat(self) -> _Heartbeat:
+        if self._heartbeat is None or not self._heartbeat.is_alive():
+            self._heartbeat = _Heartbeat(self)
+            self._heartbeat.start()
+        return self._heartbeat
 
     def run_by_id(self, job_id: str) -> bool:
         """Run one named job if it is still due (a broker redelivery finds it done)."""
@@ -125,30 +169,30 @@ class Runner:
             self._fail(step, ctx, PermanentError(
                 "the job's worker died or stalled on every attempt", code="worker_lost"), None)
             return
-        beat = _Heartbeat(self, job, ctx)
-        beat.start()
+        heart = self._beat()
+        beat = heart.watch(job, ctx)
         started = time.perf_counter()
         try:
             output = step.run(ctx)
             ctx.check_cancelled()
         except JobCancelled as exc:
-            beat.stop_event.set()
+            heart.release()
             if not beat.lost:
                 self._cancelled(step, ctx, exc)
             return
         except ConveyorError as exc:
-            beat.stop_event.set()
+            heart.release()
             if not beat.lost:
                 self._handle_error(step, ctx, exc, traceback.format_exc())
             return
         except Exception as exc:  # a bug or an unexpected library error: retry, then fail
-            beat.stop_event.set()
+            heart.release()
             if not beat.lost:
                 err = TransientError(f"{type(exc).__name__}: {exc}", code="internal_error")
                 self._handle_error(step, ctx, err, traceback.format_exc())
             return
         finally:
-            beat.stop_event.set()
+            heart.release()
         if beat.lost:
             log.warning("job %s lost its lease while running; discarding its output", job.id)
             return
@@ -166,15 +210,12 @@ class Runner:
     def _complete(self, step: Step, ctx: StepContext, output: Any, elapsed_ms: int) -> None:
         job = ctx.job
         with transaction(self.db_url) as session:
-            row = lock_owned_job(session, job)
-            if row is None:
+            if not finish_owned_job(session, job, "completed", elapsed_ms):
                 log.warning("job %s was taken over before it committed; discarding", job.id)
                 return
             step.commit(ctx, session, output)
             rows = self._write_audits(session, ctx)
-            finish(row, "completed", result_ref=row.result_ref)
-            row.processing_time_ms = elapsed_ms
-            self._after_finish(session, row)
+            self._after_finish(session, job.parent_id)
             emit(session, "job.completed", owner_id=self._owner(session, job),
                  item_id=job.item_id, pipeline=job.pipeline, job_id=job.id, step=job.step)
         append_pipeline_log(self.settings.logs_dir, rows)
@@ -218,7 +259,7 @@ class Runner:
             step.on_failure(ctx, session, exc)
             rows = self._write_audits(session, ctx)
             finish(row, "failed", error=str(exc), stack=stack)
-            self._after_finish(session, row)
+            self._after_finish(session, row.parent_id)
             emit(session, "job.failed", owner_id=self._owner(session, job), item_id=job.item_id,
                  pipeline=job.pipeline, job_id=job.id, step=job.step, error=str(exc))
         append_pipeline_log(self.settings.logs_dir, rows)
@@ -232,7 +273,7 @@ class Runner:
                 return
             rows = self._write_audits(session, ctx)
             finish(row, "cancelled", error=str(exc))
-            self._after_finish(session, row)
+            self._after_finish(session, row.parent_id)
             emit(session, "job.cancelled", owner_id=self._owner(session, job),
                  item_id=job.item_id, pipeline=job.pipeline, job_id=job.id, step=job.step)
         append_pipeline_log(self.settings.logs_dir, rows)
@@ -254,11 +295,11 @@ class Runner:
         ctx.audits = []
         return rows
 
-    def _after_finish(self, session: Session, row: Job) -> None:
+    def _after_finish(self, session: Session, parent_id: str | None) -> None:
         """A fan-out child finished (however it ended): the last one enqueues the fan-in."""
-        if row.parent_id is None:
+        if parent_id is None:
             return
-        parent = child_finished(session, row.parent_id)
+        parent = child_finished(session, parent_id)
         if parent is not None and parent.result_ref and "fan_in" in parent.result_ref:
             enqueue(session, JobSpec(**parent.result_ref["fan_in"]))
 

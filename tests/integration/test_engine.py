@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing as mp
+import os
 import random
 import time
 from datetime import timedelta
@@ -125,16 +126,21 @@ def test_each_job_runs_once_with_several_processes(settings: Settings) -> None:
     assert status_counts(settings) == {"completed": 300}
 
 
-def test_claim_takes_a_job_whose_lease_expired(settings: Settings) -> None:
+def test_a_job_whose_lease_expired_is_claimed_again(settings: Settings) -> None:
     jid = add_jobs(settings, "noop")[0]
     url = settings.resolved_database_url
     a = claim_next_job(url, "worker-a", lease_s=0.3)
     assert a is not None and a.id == jid and a.attempts == 1
     assert claim_next_job(url, "worker-b", lease_s=0.3) is None  # leased to A
+    runner = build_test_runner(settings)
+    assert not runner.run_one()  # still leased: nothing to do
     time.sleep(0.4)
-    b = claim_next_job(url, "worker-b", lease_s=30)
-    assert b is not None and b.id == jid and b.attempts == 2
-    assert job(settings, jid).locked_by == "worker-b"
+    runner._next_reap = 0.0
+    assert runner.run_one()  # idle, so it reaps the expired lease and takes the job
+    row = job(settings, jid)
+    assert row.status == "completed" and row.attempts == 2
+    assert row.locked_by == runner.worker_id
+    assert runs(settings, "noop") == [f"{jid} {os.getpid()}"]
 
 
 def test_output_of_a_worker_that_lost_its_lease_is_discarded(settings: Settings) -> None:
@@ -174,6 +180,7 @@ def test_job_whose_workers_keep_dying_fails_as_worker_lost(settings: Settings) -
     for i in range(3):
         assert claim_next_job(url, f"dying-{i}", lease_s=0.05) is not None
         time.sleep(0.1)
+        assert reap_expired_leases(url) == 1
     run_until_idle(build_test_runner(settings))
     row = job(settings, jid)
     assert row.status == "failed" and "worker_lost" in (row.last_error or "")

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 02:58:41.060696
+Create Date: 2026-11-22 03:45:43.354056
 """
 from __future__ import annotations
 
@@ -238,9 +238,10 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_jobs'))
     )
     with op.batch_alter_table('jobs', schema=None) as batch_op:
-        batch_op.create_index('ix_jobs_claim', ['status', 'run_after', 'priority'], unique=False)
         batch_op.create_index(batch_op.f('ix_jobs_item_id'), ['item_id'], unique=False)
         batch_op.create_index('ix_jobs_lease', ['status', 'lease_until'], unique=False)
+        # the claim's index (autogenerate skips expression indexes): see models.Job
+        batch_op.create_index('ix_jobs_claim', ['status', sa.text('priority DESC'), 'run_after'], unique=False)
         batch_op.create_index('uq_jobs_idempotency_active', ['idempotency_key'], unique=True, sqlite_where=sa.text("status IN ('pending', 'running') AND idempotency_key IS NOT NULL"), postgresql_where=sa.text("status IN ('pending', 'running') AND idempotency_key IS NOT NULL"))
 
     op.create_table('preview_records',
@@ -298,9 +299,9 @@ def downgrade() -> None:
     op.drop_table('preview_records')
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.drop_index('uq_jobs_idempotency_active', sqlite_where=sa.text("status IN ('pending', 'running') AND idempotency_key IS NOT NULL"), postgresql_where=sa.text("status IN ('pending', 'running') AND idempotency_key IS NOT NULL"))
+        batch_op.drop_index('ix_jobs_claim')
         batch_op.drop_index('ix_jobs_lease')
         batch_op.drop_index(batch_op.f('ix_jobs_item_id'))
-        batch_op.drop_index('ix_jobs_claim')
 
     op.drop_table('jobs')
     with op.batch_alter_table('decisions', schema=None) as batch_op:
