@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
@@ -72,12 +73,33 @@ def revoke_tokens(db_url: str, name: str) -> int:
             raise AccountError(f"no user named {name!r}")
         result = session.execute(update(ApiToken).where(ApiToken.user_id == user.id)
                                  .values(revoked=True))
-        return affected(result)
+    _auth_cache.clear()
+    return affected(result)
+
+
+AUTH_CACHE_S = 5.0  # a revoked token stops working within this many seconds
+_auth_cache: dict[tuple[str, str], tuple[float, Principal]] = {}
 
 
 def authenticate(db_url: str, token: str) -> Principal | None:
+    """The principal of a valid token (cached briefly per process), else None."""
     if not token or len(token) > 200:
         return None
+    key = (db_url, hash_token(token))
+    hit = _auth_cache.get(key)
+    if hit is not None and hit[0] > time.monotonic():
+        return hit[1]
+    principal = _authenticate(db_url, token)
+    if principal is not None:
+        if len(_auth_cache) > 1000:
+            _auth_cache.clear()
+        _auth_cache[key] = (time.monotonic() + AUTH_CACHE_S, principal)
+    else:
+        _auth_cache.pop(key, None)
+    return principal
+
+
+def _authenticate(db_url: str, token: str) -> Principal | None:
     with read_session(db_url) as session:
         row = session.execute(
             select(ApiToken.id, ApiToken.last_used_at, User.id, User.name, User.is_admin)

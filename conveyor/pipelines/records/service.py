@@ -109,9 +109,9 @@ def create_preview(
                 preview_id=preview_id, user_id=owner_id, state=UPLOADED, file_path=key,
                 original_filename=name, content_hash=stored.sha256,
             ))
+            # a brand-new preview: its first job needs no idempotency key
             enqueue(session, JobSpec(pipeline=PIPELINE, step="canonicalize", item_id=preview_id,
-                                     payload={"preview_id": preview_id}, run_id=run_id,
-                                     idempotency_key=f"records:canonicalize:{preview_id}"))
+                                     payload={"preview_id": preview_id}, run_id=run_id))
             rows = write_audit(session, pipeline=PIPELINE, item_id=preview_id, job_id=None,
                                records=[audit])
             emit(session, "item.created", owner_id=owner_id, item_id=preview_id,
