@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 
 from conveyor.config import Settings, get_settings
-from conveyor.db.migrate import upgrade
 from conveyor.engine.ratelimit import DbCallGuard, Rate
 from conveyor.engine.runner import Runner
 from conveyor.engine.steps import StepRegistry, registry
@@ -47,6 +46,8 @@ def build_runner(settings: Settings) -> Runner:
 
 def prepare(settings: Settings | None = None) -> Settings:
     """Create the home folder and bring the database schema up to date."""
+    from conveyor.db.migrate import upgrade  # Alembic is slow to import: only here
+
     settings = settings or get_settings()
     settings.home_dir.mkdir(parents=True, exist_ok=True)
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
