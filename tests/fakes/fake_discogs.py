@@ -101,7 +101,7 @@ class FakeDiscogs:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
-        self.corpus_dir = corpus_dir or CORPUS_DIR
+        self.corpus_dir = (corpus_dir or CORPUS_DIR).resolve()
         self.token = token
         self.rate_with_token = rate_with_token
         self.rate_without_token = rate_without_token
