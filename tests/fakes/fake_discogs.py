@@ -46,10 +46,12 @@ import time
 import unicodedata
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
+
+from tests.fakes.json_handler import JsonHandler
 
 CORPUS_DIR = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "api" / "discogs"
 
@@ -342,32 +344,10 @@ def _token_of(header: str | None) -> str | None:
     return m.group(1) if m else None
 
 
-def _make_handler(fake: FakeDiscogs) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+def _make_handler(fake: FakeDiscogs) -> type[JsonHandler]:
+    class Handler(JsonHandler):
         server_version = "FakeDiscogs/1.0"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return None
-
         record: RecordedRequest | None = None
-
-        def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-            if self.record is not None:  # before the client can see the answer
-                self.record.status = status
-            raw = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(raw)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(raw)
-
-        def _body(self) -> Any:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            return json.loads(raw) if raw.strip() else {}
 
         def do_POST(self) -> None:
             self.record = None

@@ -34,9 +34,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
+
+from tests.fakes.json_handler import JsonHandler
 
 Answer = dict[str, Any] | Callable[[dict[str, Any]], "dict[str, Any] | str"]
 
@@ -209,31 +211,10 @@ class FakeOpenAI:
             return self._fail.pop(0) if self._fail else None
 
 
-def _make_handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+def _make_handler(fake: FakeOpenAI) -> type[JsonHandler]:
+    class Handler(JsonHandler):
         server_version = "FakeOpenAI/1.0"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return None
-
         record: RecordedRequest | None = None
-
-        def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-            if self.record is not None:  # before the client can see the answer
-                self.record.status = status
-            raw = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(raw)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(raw)
-
-        def _raw_body(self) -> bytes:
-            length = int(self.headers.get("Content-Length") or 0)
-            return self.rfile.read(length) if length else b""
 
         def do_GET(self) -> None:
             self.record = None

@@ -23,22 +23,12 @@ from conveyor.providers.catalogs.base import CatalogQuery
 from conveyor.providers.catalogs.discogs import DEFAULT_USER_AGENT, DiscogsCatalog
 from conveyor.providers.catalogs.discogs_csv import DiscogsCollectionCatalog
 from tests.fakes.fake_discogs import FakeDiscogs
+from tests.fakes.guard import RecordingGuard
 
 pytestmark = pytest.mark.timeout(30)
 
 TOKEN = "dgs-T0ken-abcdef0123456789"
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class RecordingGuard:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, bool | None, float | None]] = []
-
-    def before_call(self, provider: str) -> None:
-        self.calls.append(("before", provider, None, None))
-
-    def after_call(self, provider: str, ok: bool, retry_after: float | None = None) -> None:
-        self.calls.append(("after", provider, ok, retry_after))
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from conveyor.providers.llm.openai_compat import (
     parse_json_content,
 )
 from tests.fakes.fake_openai import FakeOpenAI
+from tests.fakes.guard import RecordingGuard
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -39,17 +40,6 @@ SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class RecordingGuard:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, bool | None, float | None]] = []
-
-    def before_call(self, provider: str) -> None:
-        self.calls.append(("before", provider, None, None))
-
-    def after_call(self, provider: str, ok: bool, retry_after: float | None = None) -> None:
-        self.calls.append(("after", provider, ok, retry_after))
 
 
 @pytest.fixture
