@@ -95,7 +95,7 @@ class Settings(BaseSettings):
         path = self.home_dir / "secret.key"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
+            tmp = path.with_suffix(f".{os.getpid()}.{secrets.token_hex(4)}.tmp")
             tmp.write_text(secrets.token_hex(32))
             tmp.chmod(0o600)
             with contextlib.suppress(FileExistsError):

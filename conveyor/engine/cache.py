@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from conveyor.db.base import utcnow
@@ -46,8 +47,13 @@ def cache_put(
     session: Session, key: str, provider: str, value: dict[str, Any], ttl_s: float | None
 ) -> None:
     expires = utcnow() + timedelta(seconds=ttl_s) if ttl_s else None
-    session.execute(delete(CacheEntry).where(CacheEntry.key == key))
-    session.add(CacheEntry(key=key, provider=provider, value=value, expires_at=expires))
+    try:
+        with session.begin_nested():  # another process may write the same key right now
+            session.execute(delete(CacheEntry).where(CacheEntry.key == key))
+            session.add(CacheEntry(key=key, provider=provider, value=value,
+                                   expires_at=expires))
+    except IntegrityError:
+        pass  # it did: its value is as good as ours
     _remember(key, value, expires.timestamp() if expires else None)
 
 

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from conveyor.db.models import RateBucket
@@ -53,11 +54,15 @@ class DbCallGuard:
             select(RateBucket).where(RateBucket.name == provider).with_for_update()
         ).first()
         if row is None:
-            row = RateBucket(name=provider, tokens=rate.burst, capacity=rate.burst,
-                             refill_per_s=rate.per_second, updated_at=now, paused_until=0.0,
-                             failures=0, open_until=0.0)
-            session.add(row)
-            session.flush()
+            try:
+                with session.begin_nested():  # two processes may create it at once
+                    row = RateBucket(name=provider, tokens=rate.burst, capacity=rate.burst,
+                                     refill_per_s=rate.per_second, updated_at=now,
+                                     paused_until=0.0, failures=0, open_until=0.0)
+                    session.add(row)
+            except IntegrityError:
+                row = session.scalars(select(RateBucket).where(RateBucket.name == provider)
+                                      .with_for_update()).one()
         elif row.capacity != rate.burst or row.refill_per_s != rate.per_second:
             row.capacity, row.refill_per_s = rate.burst, rate.per_second  # config changed
         return row

@@ -199,6 +199,8 @@ class Runner:
         elapsed_ms = int((time.perf_counter() - started) * 1000)
         try:
             self._complete(step, ctx, output, elapsed_ms)
+        except JobCancelled as exc:  # the commit found nothing left to do
+            self._cancelled(step, ctx, exc)
         except ConveyorError as exc:  # the commit itself refused (e.g. the item is gone)
             self._handle_error(step, ctx, exc, traceback.format_exc())
         except Exception as exc:  # a database error mid-commit: nothing was written
@@ -256,7 +258,12 @@ class Runner:
             row = lock_owned_job(session, job)
             if row is None:
                 return
-            step.on_failure(ctx, session, exc)
+            try:
+                with session.begin_nested():
+                    step.on_failure(ctx, session, exc)
+            except Exception as hook_exc:  # the job still ends failed; say what else broke
+                log.exception("on_failure of %s.%s failed", job.pipeline, job.step)
+                stack = f"{stack or ''}\nwhile handling it, on_failure raised: {hook_exc!r}"
             rows = self._write_audits(session, ctx)
             finish(row, "failed", error=str(exc), stack=stack)
             self._after_finish(session, row.parent_id)

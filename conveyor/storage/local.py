@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 from typing import BinaryIO
 
+from conveyor.errors import PermanentError
 from conveyor.storage.base import StoredFile, UploadTooLarge, check_key
 
 CHUNK = 1024 * 1024
@@ -58,8 +59,10 @@ class LocalStorage:
 
     def move(self, src: str, dst: str) -> None:
         s, d = self._path(src), self._path(dst)
-        if not s.exists() and d.exists():
-            return  # already moved: a repeated job
+        if not s.exists():
+            if d.exists():
+                return  # already moved: a repeated job
+            raise PermanentError(f"the stored file {src} is missing", code="file_missing")
         d.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(s, d)
 

@@ -367,3 +367,26 @@ def test_jobs_endpoint_counts_steps(stack: Stack) -> None:
     steps = {row["step"]: row for row in summary["counts"]}
     assert steps["records.ocr"]["completed"] >= 1
     assert any(f["step"] == "records.canonicalize" for f in summary["failures"])
+
+
+def test_empty_idempotency_key_is_no_key(stack: Stack, covers: Path) -> None:
+    path = make_cover(covers / "nokey.jpg", MIDDLE_COVER)
+    a = stack.upload(path, **{"Idempotency-Key": ""})
+    b = stack.upload(path, **{"Idempotency-Key": ""})
+    assert a != b
+
+
+def test_oversized_chunked_upload_is_413(stack: Stack) -> None:
+    boundary = "conveyor-test-boundary"
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="huge.jpg"\r\nContent-Type: image/jpeg\r\n\r\n').encode()
+
+    def body() -> Iterator[bytes]:
+        yield head
+        for _ in range(30):
+            yield b"\xff" * 100_000
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    r = stack.alice.post("/api/v1/upap/upload", content=body(),
+                         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 413 and r.json()["detail"]["code"] == "upload_too_large"

@@ -103,3 +103,47 @@ def test_collection_csv_enriches_offline(tmp_path: Path) -> None:
         models = session.scalars(select(AuditEvent.model_used)
                                  .where(AuditEvent.step == "ENRICH_DISCOGS")).all()
     assert models == ["discogs-csv"]
+
+
+def test_a_review_during_enrichment_supersedes_it(settings: Settings, tmp_path: Path) -> None:
+    from conveyor.engine.jobs import claim_next_job
+
+    user, _ = create_user(settings.resolved_database_url, "fickle")
+    pid = upload(settings, user.id, make_cover(tmp_path / "s.jpg", SPARSE_COVER))
+    runner = build_runner(settings)
+    run_until_idle(runner)
+    review_preview(settings, pid, None, {"artist": "Wrong Artist"})
+    stale = claim_next_job(settings.resolved_database_url, runner.worker_id,
+                           settings.lease_seconds)
+    assert stale is not None and stale.step == "enrich" and stale.payload["revision"] == 1
+    # the person corrects the artist while that enrichment is running
+    review_preview(settings, pid, None, {"artist": "Trash80", "album": "Icarus"},
+                   archive=True)
+    runner.execute(stale)
+    v = view(settings, pid)
+    assert v["state"] == "USER_REVIEWED"  # the stale result was not applied or archived
+    assert ("ENRICH", "superseded") in [(a["step"], a["outcome"]) for a in v["audit"]]
+    run_until_idle(runner)
+    with read_session(settings.resolved_database_url) as session:
+        record = session.scalars(select(ArchiveRecord)
+                                 .where(ArchiveRecord.preview_id == pid)).one()
+    assert record.artist == "Trash80" and record.album == "Icarus"
+
+
+def test_a_failing_failure_handler_still_ends_the_job(settings: Settings,
+                                                      tmp_path: Path) -> None:
+    from conveyor.db.models import Job
+
+    user, _ = create_user(settings.resolved_database_url, "unlucky")
+    pid = upload(settings, user.id, make_cover(tmp_path / "m.jpg", MIDDLE_COVER))
+    runner = build_runner(settings)
+    run_until_idle(runner)
+    for original in (settings.home_dir / "storage" / "temp").rglob(f"{pid}_*"):
+        original.unlink()  # the upload vanished from storage
+    review_preview(settings, pid, None, {"album": "X"}, archive=True)
+    run_until_idle(runner)  # must not raise, must not leave the job running
+    with read_session(settings.resolved_database_url) as session:
+        job = session.scalars(select(Job).where(Job.item_id == pid, Job.step == "enrich")).one()
+        assert session.scalars(select(ArchiveRecord)).all() == []
+    assert job.status == "failed" and "file_missing" in (job.last_error or "")
+    assert str(settings.home_dir) not in (job.last_error or "")  # no server paths

@@ -73,6 +73,8 @@ class PreviewRecord(RecordFields, Base):
     state: Mapped[str] = mapped_column(String(20), index=True)
     file_path: Mapped[str] = mapped_column(String(500))
     archive_after_enrich: Mapped[bool] = mapped_column(default=False)
+    # bumped by every review: an enrichment started before the latest review is stale
+    revision: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     analyzed_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from conveyor.config import Settings
 from conveyor.db.base import new_id, utcnow
 from conveyor.db.models import Item
-from conveyor.db.session import transaction
+from conveyor.db.session import read_session, transaction
 from conveyor.engine.audit import AuditRecord, append_pipeline_log, write_audit
 from conveyor.engine.events import emit
 from conveyor.engine.jobs import JobSpec, enqueue
@@ -64,6 +64,14 @@ def set_state(session: Session, preview: PreviewRecord, state: str, **extra: Any
          artist=preview.artist, album=preview.album, **extra)
 
 
+def enrich_job(preview: PreviewRecord) -> JobSpec:
+    """Enrichment of this revision of the preview (a later review makes it stale)."""
+    rev = preview.revision or 0
+    return JobSpec(pipeline=PIPELINE, step="enrich", item_id=preview.preview_id,
+                   payload={"preview_id": preview.preview_id, "revision": rev},
+                   idempotency_key=f"records:enrich:{preview.preview_id}:{rev}")
+
+
 def _existing_for_key(session: Session, owner_id: str, key: str) -> str | None:
     return session.scalars(
         select(Item.id).where(Item.owner_id == owner_id, Item.idempotency_key == key)
@@ -83,8 +91,9 @@ def create_preview(
     """Store the upload, create the preview (UPLOADED), enqueue the pipeline. No decoding:
     the worker canonicalises, so the request returns at once."""
     db = settings.resolved_database_url
+    idempotency_key = (idempotency_key or "").strip() or None
     if idempotency_key:
-        with transaction(db) as session:
+        with read_session(db) as session:
             found = _existing_for_key(session, owner_id, idempotency_key)
         if found:
             return Upload(found, False)
@@ -118,19 +127,24 @@ def create_preview(
                  pipeline=PIPELINE, state=UPLOADED, filename=name)
     except IntegrityError:
         storage.delete(key)
-        if idempotency_key:
+        if idempotency_key:  # another request with the same key won the race
             with transaction(db) as session:
                 found = _existing_for_key(session, owner_id, idempotency_key)
             if found:
                 return Upload(found, False)
+        raise
+    except BaseException:
+        storage.delete(key)  # nothing refers to the stored file: do not leave it behind
         raise
     append_pipeline_log(settings.logs_dir, rows)
     return Upload(preview_id, True)
 
 
 def load_preview(session: Session, preview_id: str, user_id: str | None) -> PreviewRecord:
-    """The caller's preview (``user_id=None``: an admin). Another user's is 'not found'."""
-    preview = session.get(PreviewRecord, preview_id)
+    """The caller's preview (``user_id=None``: an admin), locked for update. Another
+    user's is 'not found'."""
+    preview = session.get(PreviewRecord, preview_id, with_for_update=True,
+                          populate_existing=True)
     if preview is None or (user_id is not None and preview.user_id != user_id):
         raise RecordsError("no such preview", code="preview_not_found", status=404)
     return preview
@@ -162,10 +176,9 @@ def review_preview(settings: Settings, preview_id: str, user_id: str | None,
         preview.field_sources = sources
         preview.reviewed_at = utcnow()
         preview.archive_after_enrich = archive
+        preview.revision = (preview.revision or 0) + 1
         set_state(session, preview, USER_REVIEWED)
-        enqueue(session, JobSpec(pipeline=PIPELINE, step="enrich", item_id=preview_id,
-                                 payload={"preview_id": preview_id},
-                                 idempotency_key=f"records:enrich:{preview_id}"))
+        enqueue(session, enrich_job(preview))
         rows = write_audit(session, pipeline=PIPELINE, item_id=preview_id, job_id=None, records=[
             AuditRecord(step="REVIEW", model_used="user", state=USER_REVIEWED,
                         confidence=preview.confidence,
@@ -214,17 +227,32 @@ def archive_preview(settings: Settings, storage: Storage, preview_id: str,
                     user_id: str | None) -> str:
     """``POST /archive``: idempotent; the same preview archived twice gives the same id."""
     db = settings.resolved_database_url
-    with transaction(db) as session:
-        done = session.scalars(
-            select(ArchiveRecord).where(ArchiveRecord.preview_id == preview_id)
-        ).first()
+    try:
+        with transaction(db) as session:
+            done = _archived(session, preview_id, user_id)
+            if done is not None:
+                return done
+            preview = load_preview(session, preview_id, user_id)
+            record_id, audits = archive_in_session(session, storage, preview, actor="user")
+            rows = write_audit(session, pipeline=PIPELINE, item_id=preview_id, job_id=None,
+                               records=audits)
+    except (IntegrityError, RecordsError):
+        # a concurrent archive (the auto-archive of an enrich step) won: same answer
+        with read_session(db) as session:
+            done = _archived(session, preview_id, user_id)
         if done is not None:
-            if user_id is not None and done.user_id != user_id:
-                raise RecordsError("no such preview", code="preview_not_found", status=404)
-            return done.record_id
-        preview = load_preview(session, preview_id, user_id)
-        record_id, audits = archive_in_session(session, storage, preview, actor="user")
-        rows = write_audit(session, pipeline=PIPELINE, item_id=preview_id, job_id=None,
-                           records=audits)
+            return done
+        raise
     append_pipeline_log(settings.logs_dir, rows)
     return record_id
+
+
+def _archived(session: Session, preview_id: str, user_id: str | None) -> str | None:
+    """The record id if this preview is archived already (404 for someone else's)."""
+    done = session.scalars(
+        select(ArchiveRecord).where(ArchiveRecord.preview_id == preview_id)).first()
+    if done is None:
+        return None
+    if user_id is not None and done.user_id != user_id:
+        raise RecordsError("no such preview", code="preview_not_found", status=404)
+    return done.record_id

@@ -17,8 +17,9 @@ from conveyor.config import Settings
 from conveyor.db.base import utcnow
 from conveyor.db.models import Artifact
 from conveyor.db.session import read_session
+from conveyor.engine.audit import AuditRecord
 from conveyor.engine.jobs import JobSpec, enqueue
-from conveyor.engine.steps import Resources, Step, StepContext, registry
+from conveyor.engine.steps import JobCancelled, Resources, Step, StepContext, registry
 from conveyor.errors import ConveyorError, PermanentError
 from conveyor.media.image import CanonicalImage, ImageLimits, canonicalize_isolated
 from conveyor.pipeline.gate import Gate
@@ -30,6 +31,7 @@ from conveyor.pipelines.records.models import PreviewRecord
 from conveyor.pipelines.records.service import (
     archive_in_session,
     canonical_key,
+    enrich_job,
     set_state,
 )
 from conveyor.pipelines.records.states import AI_ANALYZED, ENRICHED, FAILED, PIPELINE, UPLOADED
@@ -42,18 +44,24 @@ from conveyor.storage.signing import signed_path
 OCR_COST_PER_IMAGE = 0.001  # seed 000: "Level 1 (OCR): ~$0.001" (notional compute cost)
 
 
+def _gone() -> JobCancelled:
+    """The preview was archived (or removed) meanwhile: this job has nothing left to do."""
+    return JobCancelled("the preview was archived or removed while this job waited")
+
+
 def _load(ctx: StepContext) -> PreviewRecord:
     with read_session(ctx.settings.resolved_database_url) as session:
         preview = session.get(PreviewRecord, ctx.item_id)
     if preview is None:
-        raise PermanentError("the preview no longer exists", code="preview_gone")
+        raise _gone()
     return preview
 
 
 def _locked_preview(session: Session, ctx: StepContext) -> PreviewRecord:
-    preview = session.get(PreviewRecord, ctx.item_id, populate_existing=True)
+    preview = session.get(PreviewRecord, ctx.item_id, with_for_update=True,
+                          populate_existing=True)
     if preview is None:
-        raise PermanentError("the preview no longer exists", code="preview_gone")
+        raise _gone()
     return preview
 
 
@@ -78,9 +86,7 @@ def _gate_after_analysis(ctx: StepContext, session: Session, preview: PreviewRec
     if gate.record(session, item_id=preview.preview_id, job_id=ctx.job.id,
                    confidence=preview.confidence) == "accept":
         preview.archive_after_enrich = True
-        enqueue(session, JobSpec(pipeline=PIPELINE, step="enrich", item_id=preview.preview_id,
-                                 payload={"preview_id": preview.preview_id},
-                                 idempotency_key=f"records:enrich:{preview.preview_id}"))
+        enqueue(session, enrich_job(preview))
 
 
 class RecordsStep(Step):
@@ -89,8 +95,7 @@ class RecordsStep(Step):
     def on_failure(self, ctx: StepContext, session: Session, error: ConveyorError) -> None:
         """The cover cannot be processed: the preview and its item end FAILED, with why."""
         preview = session.get(PreviewRecord, ctx.item_id)
-        if preview is None:
-            super().on_failure(ctx, session, error)
+        if preview is None:  # archived meanwhile: the item's state stays as it is
             return
         set_state(session, preview, FAILED, error_code=error.code, error_message=error.message)
 
@@ -256,6 +261,12 @@ class EnrichStep(RecordsStep):
 
     def commit(self, ctx: StepContext, session: Session, output: EnrichmentResult) -> None:
         preview = _locked_preview(session, ctx)
+        if ctx.job.payload.get("revision", 0) != (preview.revision or 0):
+            # reviewed again while this ran: the newer enrichment job applies its own result
+            ctx.audit(AuditRecord(step="ENRICH", outcome="superseded",
+                                  detail={"revision": ctx.job.payload.get("revision", 0),
+                                          "current": preview.revision}))
+            return
         for key, value in output.fields.items():
             if (preview.field_sources or {}).get(key) == "user":
                 continue  # a person's edit beats any catalogue
@@ -272,7 +283,7 @@ class EnrichStep(RecordsStep):
     def on_failure(self, ctx: StepContext, session: Session, error: ConveyorError) -> None:
         """Catalogues down for good: the item keeps its state (archivable) and says why."""
         preview = session.get(PreviewRecord, ctx.item_id)
-        if preview is None:
+        if preview is None or ctx.job.payload.get("revision", 0) != (preview.revision or 0):
             return
         set_state(session, preview, preview.state, error_code=error.code,
                   error_message=f"enrichment failed: {error.message}")

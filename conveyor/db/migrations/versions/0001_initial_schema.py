@@ -250,6 +250,7 @@ def upgrade() -> None:
     sa.Column('state', sa.String(length=20), nullable=False),
     sa.Column('file_path', sa.String(length=500), nullable=False),
     sa.Column('archive_after_enrich', sa.Boolean(), nullable=False),
+    sa.Column('revision', sa.Integer(), nullable=False),
     sa.Column('created_at', conveyor.db.base.UTCDateTime(timezone=True), nullable=False),
     sa.Column('updated_at', conveyor.db.base.UTCDateTime(timezone=True), nullable=False),
     sa.Column('analyzed_at', conveyor.db.base.UTCDateTime(timezone=True), nullable=True),
