@@ -59,6 +59,7 @@ class Settings(BaseSettings):
 
     # engine
     lease_seconds: float = 60.0
+    step_timeout_s: float = 900.0
     heartbeat_seconds: float = 10.0
     backoff_base_s: float = 2.0
     backoff_cap_s: float = 300.0

@@ -409,3 +409,25 @@ def test_a_commit_that_raises_fails_the_job_cleanly(settings: Settings) -> None:
     row = job(settings, jid)
     assert row.status == "failed" and "test_gone" in (row.last_error or "")
     assert row.lease_until is None  # not left running until its lease expires
+
+
+def test_a_step_that_overruns_its_time_limit_gets_its_worker_killed(settings: Settings) -> None:
+    s = settings.model_copy(update={"step_timeout_s": 1.0, "lease_seconds": 30.0,
+                                    "workers": 1})
+    item = make_item(s)
+    jid = add_jobs(s, "sleepy", item_id=item, payload={"seconds": 60}, max_attempts=1)[0]
+    executor = LocalExecutor(s, build_test_runner)
+    executor.start()
+    try:
+        first = executor.pids()
+        wait_until(lambda: job(s, jid).status == "failed", timeout=60)
+        wait_until(lambda: executor.pids() != first and all(
+            p.is_alive() for p in executor.processes), timeout=30)
+    finally:
+        executor.stop()
+    row = job(s, jid)
+    assert "worker_lost" in (row.last_error or "")
+    assert runs(s, "sleepy_done") == []  # it never got to finish
+    with read_session(s.resolved_database_url) as session:
+        it = session.get(Item, item)
+        assert it is not None and it.state == "FAILED"

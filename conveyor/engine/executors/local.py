@@ -14,11 +14,16 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from sqlalchemy import select, update
+
 from conveyor.config import Settings
-from conveyor.db.session import transaction
+from conveyor.db.base import utcnow
+from conveyor.db.models import Job
+from conveyor.db.session import read_session, transaction
 from conveyor.engine.events import prune_events
 from conveyor.engine.jobs import reap_expired_leases
 from conveyor.engine.runner import Runner
@@ -77,18 +82,60 @@ class LocalExecutor:
         log.info("started %d local workers", self.count)
 
     def _supervise(self) -> None:
-        reap_every = max(1.0, self.settings.lease_seconds / 4)
+        reap_every = max(1.0, min(self.settings.lease_seconds / 4,
+                                  self.settings.step_timeout_s / 2))
         next_reap = 0.0
+        started = {i: time.monotonic() for i in range(len(self.processes))}
+        delay = dict.fromkeys(started, 0.0)
+        restart_at: dict[int, float] = {}
         while not self._halt.wait(0.5):
+            now = time.monotonic()
             for i, proc in enumerate(self.processes):
                 # exit code 0 is a requested stop (SIGTERM); anything else is a crash
-                if not proc.is_alive() and proc.exitcode != 0 and not self.stop_event.is_set():
-                    log.warning("worker pid %s exited (%s); starting another",
-                                proc.pid, proc.exitcode)
-                    self.processes[i] = self._spawn()
-            if time.monotonic() >= next_reap:
-                next_reap = time.monotonic() + reap_every
+                if proc.is_alive() or proc.exitcode == 0 or self.stop_event.is_set():
+                    continue
+                if i not in restart_at:
+                    # a worker that keeps dying young is restarted ever more slowly
+                    young = now - started[i] < 10.0
+                    delay[i] = min(30.0, max(1.0, delay[i] * 2)) if young else 0.0
+                    restart_at[i] = now + delay[i]
+                    log.warning("worker pid %s exited (%s); starting another in %.0f s",
+                                proc.pid, proc.exitcode, delay[i])
+                if now < restart_at[i]:
+                    continue
+                del restart_at[i]
+                self.processes[i] = self._spawn()
+                started[i] = time.monotonic()
+            if now >= next_reap:
+                next_reap = now + reap_every
+                self._kill_overrunning_workers()
                 self._housekeeping()
+
+    def _kill_overrunning_workers(self) -> None:
+        """A step that runs past ``step_timeout_s`` is stuck (a thread cannot be stopped):
+        kill its worker process; the supervisor starts another and the job is retried."""
+        cutoff = utcnow() - timedelta(seconds=self.settings.step_timeout_s)
+        ours = {p.pid: p for p in self.processes if p.pid is not None and p.is_alive()}
+        try:
+            with read_session(self.settings.resolved_database_url) as session:
+                stuck = session.execute(select(Job.id, Job.locked_by).where(
+                    Job.status == "running", Job.started_at < cutoff)).all()
+        except Exception:
+            log.exception("could not look for stuck jobs")
+            return
+        for job_id, locked_by in stuck:
+            parts = (locked_by or "").split(":")
+            pid = int(parts[-2]) if len(parts) >= 3 and parts[-2].isdigit() else None
+            if pid not in ours:
+                continue
+            log.error("job %s ran longer than %.0f s: killing worker pid %s", job_id,
+                      self.settings.step_timeout_s, pid)
+            os.kill(pid, signal.SIGKILL)
+            with transaction(self.settings.resolved_database_url) as session:
+                session.execute(update(Job).where(Job.id == job_id, Job.status == "running")
+                                .values(lease_until=utcnow(),
+                                        last_error=f"step_timeout: ran longer than "
+                                                   f"{self.settings.step_timeout_s:.0f} s"))
 
     def _housekeeping(self) -> None:
         """Return expired leases to the queue; now and then drop day-old events."""
