@@ -46,12 +46,11 @@ import time
 import unicodedata
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-from tests.fakes.json_handler import JsonHandler
+from tests.fakes.json_handler import FakeServer, JsonHandler
 
 CORPUS_DIR = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "api" / "discogs"
 
@@ -90,7 +89,7 @@ def _as_list(value: Any) -> list[str]:
     return [str(value)]
 
 
-class FakeDiscogs:
+class FakeDiscogs(FakeServer):
     def __init__(
         self,
         corpus_dir: Path | None = None,
@@ -116,35 +115,7 @@ class FakeDiscogs:
         self._added: dict[int, dict[str, Any]] = {}
         self._next_id = 90_000_001
         self._corpus_results = self._load_corpus_results()
-        self._server = ThreadingHTTPServer((host, port), _make_handler(self))
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    # ------------------------------------------------------------------ lifecycle
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def start(self) -> FakeDiscogs:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> FakeDiscogs:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().__init__(_make_handler(self), host, port)
 
     # ------------------------------------------------------------------ programming
 

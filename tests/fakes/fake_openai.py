@@ -34,11 +34,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from tests.fakes.json_handler import JsonHandler
+from tests.fakes.json_handler import FakeServer, JsonHandler
 
 Answer = dict[str, Any] | Callable[[dict[str, Any]], "dict[str, Any] | str"]
 
@@ -57,7 +56,7 @@ def _error(message: str, type_: str, code: str | None = None, param: str | None 
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-class FakeOpenAI:
+class FakeOpenAI(FakeServer):
     def __init__(
         self,
         *,
@@ -79,40 +78,16 @@ class FakeOpenAI:
         self._invalid = 0
         self._counter = 0
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer((host, port), _make_handler(self))
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        super().__init__(_make_handler(self), host, port)
 
     # ------------------------------------------------------------------ lifecycle
 
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
 
     @property
     def base_url(self) -> str:
         """What ``CONVEYOR_LLM_BASE_URL`` should be: the server URL + ``/v1``."""
         return f"{self.url}/v1"
 
-    def start(self) -> FakeOpenAI:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> FakeOpenAI:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ programming
 
