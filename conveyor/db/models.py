@@ -43,18 +43,14 @@ class ApiToken(Base):
 
 
 class Run(Base):
-    """A batch: an import session or one pipeline run, with progress counters."""
+    """A batch (an import session). Its progress is derived from its items' states."""
 
     __tablename__ = "runs"
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     pipeline: Mapped[str] = mapped_column(String(40))
     owner_id: Mapped[str | None] = mapped_column(ForeignKey("users.id"), default=None)
-    status: Mapped[str] = mapped_column(String(20), default="running")
     total: Mapped[int] = mapped_column(Integer, default=0)
-    done: Mapped[int] = mapped_column(Integer, default=0)
-    failed: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Item(Base):
@@ -99,7 +95,6 @@ class Job(Base):
     parent_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), default=None)
     children_pending: Mapped[int] = mapped_column(Integer, default=0)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    published: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)

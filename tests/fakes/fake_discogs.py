@@ -40,7 +40,6 @@ import argparse
 import json
 import math
 import re
-import sys
 import threading
 import time
 import unicodedata
@@ -443,13 +442,7 @@ def main(argv: list[str] | None = None) -> None:
         port=args.port,
     )
     print(fake.url, flush=True)
-    try:
-        fake._server.serve_forever(poll_interval=0.1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        fake._server.server_close()
-    sys.exit(0)
+    fake.serve_until_interrupted()
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -322,13 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.respond_json:
         fake.respond_with(json.loads(args.respond_json))
     print(fake.base_url, flush=True)
-    try:
-        fake._server.serve_forever(poll_interval=0.1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        fake._server.server_close()
-    sys.exit(0)
+    fake.serve_until_interrupted()
 
 
 if __name__ == "__main__":

@@ -64,6 +64,15 @@ class FakeServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
+    def serve_until_interrupted(self) -> None:
+        """For ``python -m tests.fakes.…``: serve in the foreground until Ctrl-C."""
+        try:
+            self._server.serve_forever(poll_interval=0.1)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self._server.server_close()
+
     def __enter__(self) -> Self:
         return self.start()
 

@@ -23,6 +23,7 @@ from PIL import Image, ImageChops, ImageStat
 
 from conveyor.errors import MediaError
 from conveyor.media.image import (
+    ERROR_CODES,
     SUPPORTED_FORMATS,
     CanonicalImage,
     ImageLimits,
@@ -32,18 +33,6 @@ from conveyor.media.image import (
 
 CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "images"
 
-#: The codes the module documents; anything else is a bug.
-DOCUMENTED_CODES = {
-    "image_empty",
-    "image_unreadable",
-    "image_too_large",
-    "image_bomb",
-    "image_truncated",
-    "image_unsupported",
-    "image_corrupt",
-    "image_timeout",
-    "image_decoder_crashed",
-}
 
 #: Per file: 10 s and 1 GiB. The whole corpus takes ~5 s on 2 cores; the budget below is
 #: what "bounded" means here (pytest-timeout's 300 s is the hard stop above it).
@@ -142,7 +131,7 @@ def test_every_corpus_file_is_a_jpeg_or_a_documented_error(
     assert len(outcomes) > 600  # the corpus has ~690 images; a near-empty one is a setup bug
     for key, outcome in outcomes.items():
         if outcome.error is not None:
-            assert outcome.error.code in DOCUMENTED_CODES, (key, outcome.error.code)
+            assert outcome.error.code in ERROR_CODES, (key, outcome.error.code)
             assert outcome.error.message.strip(), key
             assert str(CORPUS) not in outcome.error.message, key  # no server paths
             assert str(CORPUS.parent) not in outcome.error.message, key
@@ -247,7 +236,12 @@ def test_hostile_files_fail_cleanly(corpus_run: tuple[dict[str, Outcome], float]
     hostile = [k for k in outcomes if re.search(r"/(crash|timeout|oom)[-_]", k)]
     assert len(hostile) > 40
     for key in hostile:
-        assert outcomes[key].code in DOCUMENTED_CODES | {"ok"}, key
+        assert outcomes[key].code in ERROR_CODES | {"ok"}, key
         assert outcomes[key].seconds < LIMITS.timeout_s + 5, key
     for key in ("pillow/truncated_jpeg.jpg", "pillow/truncated_image.png"):
         assert outcomes[key].code == "image_truncated", key
+
+
+def test_every_error_code_is_documented() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "architecture.md").read_text()
+    assert {code for code in ERROR_CODES if f"`{code}`" not in docs} == set()

@@ -40,28 +40,32 @@ def _image_url(settings: Settings, key: str | None) -> str | None:
     return signed_path(settings.signing_key(), key, ttl_s=3600) if key else None
 
 
-def preview_view(session: Session, settings: Settings, preview: PreviewRecord,
-                 *, with_audit: bool = True) -> dict[str, Any]:
-    item = session.get(Item, preview.preview_id)
-    view: dict[str, Any] = {
-        "preview_id": preview.preview_id,
-        "record_id": preview.record_id,
-        "state": preview.state,
-        "confidence": preview.confidence,
-        "metadata": _metadata(preview),
-        "field_sources": preview.field_sources or {},
-        "field_confidence": field_confidence(preview),
-        "enrichment_source": preview.enrichment_source,
-        "model_used": preview.model_used,
-        "cost_estimate": round(item.cost_total, 6) if item else preview.cost_estimate,
-        "ocr_text": preview.ocr_text,
-        "original_filename": preview.original_filename,
-        "image_url": _image_url(settings, preview.canonical_image_path),
+def _row_view(session: Session, settings: Settings, row: PreviewRecord | ArchiveRecord,
+              item_id: str) -> dict[str, Any]:
+    """What a preview and its archived record show alike."""
+    item = session.get(Item, item_id)
+    return {
+        "preview_id": item_id,
+        "confidence": row.confidence,
+        "metadata": _metadata(row),
+        "field_sources": row.field_sources or {},
+        "field_confidence": field_confidence(row),
+        "enrichment_source": row.enrichment_source,
+        "model_used": row.model_used,
+        "cost_estimate": round(item.cost_total, 6) if item else row.cost_estimate,
+        "original_filename": row.original_filename,
+        "image_url": _image_url(settings, row.canonical_image_path),
         "error_code": item.error_code if item else None,
         "error_message": item.error_message if item else None,
-        "created_at": preview.created_at.isoformat(),
-        "updated_at": preview.updated_at.isoformat(),
     }
+
+
+def preview_view(session: Session, settings: Settings, preview: PreviewRecord,
+                 *, with_audit: bool = True) -> dict[str, Any]:
+    view = _row_view(session, settings, preview, preview.preview_id)
+    view.update(record_id=preview.record_id, state=preview.state, ocr_text=preview.ocr_text,
+                created_at=preview.created_at.isoformat(),
+                updated_at=preview.updated_at.isoformat())
     if with_audit:
         view["audit"] = audit_trail(session, preview.preview_id)
     return view
@@ -69,22 +73,9 @@ def preview_view(session: Session, settings: Settings, preview: PreviewRecord,
 
 def record_view(session: Session, settings: Settings, record: ArchiveRecord,
                 *, with_audit: bool = True) -> dict[str, Any]:
-    item = session.get(Item, record.preview_id)
-    view: dict[str, Any] = {
-        "record_id": record.record_id,
-        "preview_id": record.preview_id,
-        "state": ARCHIVED,
-        "confidence": record.confidence,
-        "metadata": _metadata(record),
-        "field_sources": record.field_sources or {},
-        "field_confidence": field_confidence(record),
-        "enrichment_source": record.enrichment_source,
-        "model_used": record.model_used,
-        "cost_estimate": round(item.cost_total, 6) if item else record.cost_estimate,
-        "original_filename": record.original_filename,
-        "image_url": _image_url(settings, record.canonical_image_path),
-        "archived_at": record.archived_at.isoformat(),
-    }
+    view = _row_view(session, settings, record, record.preview_id)
+    view.update(record_id=record.record_id, state=ARCHIVED,
+                archived_at=record.archived_at.isoformat())
     if with_audit:
         view["audit"] = audit_trail(session, record.preview_id)
     return view

@@ -101,12 +101,8 @@ def upgrade() -> None:
     sa.Column('id', sa.String(length=36), nullable=False),
     sa.Column('pipeline', sa.String(length=40), nullable=False),
     sa.Column('owner_id', sa.String(length=36), nullable=True),
-    sa.Column('status', sa.String(length=20), nullable=False),
     sa.Column('total', sa.Integer(), nullable=False),
-    sa.Column('done', sa.Integer(), nullable=False),
-    sa.Column('failed', sa.Integer(), nullable=False),
     sa.Column('created_at', conveyor.db.base.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('finished_at', conveyor.db.base.UTCDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['owner_id'], ['users.id'], name=op.f('fk_runs_owner_id_users')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_runs'))
     )
@@ -228,7 +224,6 @@ def upgrade() -> None:
     sa.Column('parent_id', sa.String(length=36), nullable=True),
     sa.Column('children_pending', sa.Integer(), nullable=False),
     sa.Column('cancel_requested', sa.Boolean(), nullable=False),
-    sa.Column('published', sa.Boolean(), nullable=False),
     sa.Column('created_at', conveyor.db.base.UTCDateTime(timezone=True), nullable=False),
     sa.Column('started_at', conveyor.db.base.UTCDateTime(timezone=True), nullable=True),
     sa.Column('finished_at', conveyor.db.base.UTCDateTime(timezone=True), nullable=True),
