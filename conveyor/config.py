@@ -31,9 +31,14 @@ class Settings(BaseSettings):
     home: Path = Path("./var")
     database_url: str | None = None
     storage_url: str | None = None
-    executor: str = "local"
+    executor: str = "local"  # "local" | "inline" | "celery"
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1)
+    # celery executor: redis://127.0.0.1:6379/0 or amqp://guest:guest@127.0.0.1:5672//
     broker_url: str | None = None
+    celery_queue: str = "conveyor"
+    # a pending job whose message was published this long ago is published again
+    redispatch_after_s: float = 300.0
+    dispatch_interval_s: float = 1.0
     secret_key: SecretStr | None = None
     public_url: str = "http://127.0.0.1:8000"
 
@@ -52,6 +57,16 @@ class Settings(BaseSettings):
     discogs_collection_csv: Path | None = None
     records_catalog: str = "discogs"  # "discogs" (API) or "collection" (CSV export)
     catalog_cache_ttl_s: int = 30 * 24 * 3600
+
+    # photos pipeline: "local" | "openai" | "aws_rekognition" | "google_vision"
+    ai_provider: str = "local"
+    ai_rate_per_min: float = 120.0
+    aws_region: str = "us-east-1"
+    aws_endpoint_url: str | None = None  # an S3 / Rekognition compatible endpoint
+    google_vision_base_url: str = "https://vision.googleapis.com"
+    google_vision_api_key: SecretStr | None = None
+    google_vision_timeout_s: float = 30.0
+    photos_duplicate_distance: int = 8  # perceptual-hash bits that may differ
 
     # records pipeline thresholds
     records_escalate_below: float = 0.75

@@ -1,0 +1,1 @@
+"""Photo-analysis providers behind :class:`~conveyor.providers.vision.base.AIProviderBase`."""
