@@ -3,6 +3,7 @@ Discogs-collection catalogue."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,8 @@ from conveyor.engine.executors.inline import run_until_idle
 from conveyor.pipelines.records.models import ArchiveRecord, PreviewRecord
 from conveyor.pipelines.records.service import create_preview, review_preview
 from conveyor.pipelines.records.views import preview_view
-from conveyor.runtime import build_runner, prepare, storage_for
-from tests.support import FULL_COVER, MIDDLE_COVER, SPARSE_COVER, make_cover, make_settings
+from conveyor.runtime import build_runner, storage_for
+from tests.support import FULL_COVER, MIDDLE_COVER, SPARSE_COVER, make_cover
 
 
 def upload(settings: Settings, owner: str, path: Path) -> str:
@@ -33,9 +34,9 @@ def view(settings: Settings, pid: str) -> dict[str, Any]:
         return preview_view(session, settings, preview)
 
 
-def test_offline_defaults_skip_what_is_not_configured(tmp_path: Path) -> None:
+def test_offline_defaults_skip_what_is_not_configured(settings: Settings,
+                                                      tmp_path: Path) -> None:
     # the shipped defaults: the official Discogs API with no token, no LLM
-    settings = prepare(make_settings(tmp_path / "h"))
     user, _ = create_user(settings.resolved_database_url, "offline")
     sparse = upload(settings, user.id, make_cover(tmp_path / "s.jpg", SPARSE_COVER))
     run_until_idle(build_runner(settings))
@@ -71,8 +72,9 @@ def test_gate_decisions_are_recorded(settings: Settings, tmp_path: Path) -> None
     assert [r.preview_id for r in archived] == [full]
 
 
-def test_thresholds_are_configurable(tmp_path: Path) -> None:
-    s = prepare(make_settings(tmp_path / "h", records_auto_archive_at=0.8))
+def test_thresholds_are_configurable(make_stack_settings: Callable[..., Settings],
+                                    tmp_path: Path) -> None:
+    s = make_stack_settings(records_auto_archive_at=0.8)
     user, _ = create_user(s.resolved_database_url, "strict")
     middle = upload(s, user.id, make_cover(tmp_path / "m.jpg", MIDDLE_COVER))
     run_until_idle(build_runner(s))
@@ -80,7 +82,8 @@ def test_thresholds_are_configurable(tmp_path: Path) -> None:
         assert session.scalars(select(ArchiveRecord.preview_id)).all() == [middle]
 
 
-def test_collection_csv_enriches_offline(tmp_path: Path) -> None:
+def test_collection_csv_enriches_offline(make_stack_settings: Callable[..., Settings],
+                                         tmp_path: Path) -> None:
     csv = tmp_path / "collection.csv"
     csv.write_text(
         "\ufeffCatalog#,Artist,Title,Label,Format,Rating,Released,release_id,CollectionFolder,"
@@ -89,8 +92,7 @@ def test_collection_csv_enriches_offline(tmp_path: Path) -> None:
         "Uncategorized,2020-01-01 10:00:00,Mint (M),Mint (M),\n"
         "8BP086,Trash80 (2),Icarus,8bitpeoples,CDr,,2008,1743771,Uncategorized,"
         "2020-01-02 10:00:00,,,\n", encoding="utf-8")
-    s = prepare(make_settings(tmp_path / "h", records_catalog="collection",
-                              discogs_collection_csv=csv))
+    s = make_stack_settings(records_catalog="collection", discogs_collection_csv=csv)
     user, _ = create_user(s.resolved_database_url, "collector")
     pid = upload(s, user.id, make_cover(tmp_path / "s.jpg", SPARSE_COVER))
     run_until_idle(build_runner(s))
