@@ -68,7 +68,8 @@ def serve(
     port: Annotated[int, typer.Option(help="port")] = 8000,
     workers: Annotated[int | None, typer.Option(help="local worker processes")] = None,
     executor: Annotated[str | None, typer.Option(
-        help="local (worker processes) or inline (no workers: API only)")] = None,
+        help="local (worker processes), celery (workers run `conveyor worker --executor "
+             "celery`) or inline (no workers: API only)")] = None,
 ) -> None:
     """Run the API and web UI (and, with the local executor, the worker processes)."""
     import uvicorn
@@ -85,6 +86,8 @@ def serve(
 @app.command()
 def worker(
     workers: Annotated[int | None, typer.Option(help="worker processes")] = None,
+    executor: Annotated[str | None, typer.Option(
+        help="local (claim from the database) or celery (consume the broker's queue)")] = None,
     once: Annotated[bool, typer.Option(help="run due jobs inline, then exit")] = False,
 ) -> None:
     """Run worker processes without the API (for more workers, or another machine)."""
@@ -92,19 +95,26 @@ def worker(
     from conveyor.engine.executors.local import LocalExecutor
     from conveyor.runtime import build_runner
 
-    s = _settings(workers=workers)
+    s = _settings(workers=workers, executor=executor)
+    if s.executor == "celery" and not once:
+        from conveyor.engine.executors.celery import run_worker
+
+        console.print(f"celery worker: {s.workers} process(es) on queue {s.celery_queue!r}, "
+                      f"broker {_redact(s.broker_url or '')}")
+        run_worker(s, build_runner, s.workers)
+        return
     if once:
         n = run_until_idle(build_runner(s))
         console.print(f"ran {n} job(s)")
         return
-    executor = LocalExecutor(s, build_runner)
-    executor.start()
-    console.print(f"{executor.count} worker(s) running; Ctrl-C stops them")
+    local = LocalExecutor(s, build_runner)
+    local.start()
+    console.print(f"{local.count} worker(s) running; Ctrl-C stops them")
     try:
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
-        executor.stop()
+        local.stop()
 
 
 @ingest_app.command("records")

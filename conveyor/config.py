@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     dispatch_interval_s: float = 1.0
     secret_key: SecretStr | None = None
     public_url: str = "http://127.0.0.1:8000"
+    # extra modules imported at start-up whose steps register themselves (your own pipelines)
+    plugins: list[str] = Field(default_factory=list)
 
     # providers
     ocr_provider: str = "rapidocr"

@@ -11,17 +11,22 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
+import subprocess
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from functools import cache
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from tests.support import in_ci
+from tests.support import free_port, in_ci
 
 PG_URL = os.environ.get("CONVEYOR_TEST_PG_URL",
                         "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -117,3 +122,114 @@ def postgres_database() -> Iterator[str]:
 
         dispose_all()
         _drop(name)
+
+
+# -- private servers, for the fault tests that restart them ------------------------------
+# A test that restarts a service gets its own instance on a free port, so it cannot disturb
+# anything else using the machine's shared one.
+
+PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)
+
+
+def _wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+class PrivateRedis:
+    """``redis-server`` on a free port, keeping nothing on disk (like the machine's)."""
+
+    def __init__(self, workdir: Path) -> None:
+        if shutil.which("redis-server") is None:
+            message = "redis-server is not installed: the broker-restart test needs it"
+            if in_ci():
+                pytest.fail(message)
+            pytest.skip(message)
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_port(self.port)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+    def restart(self, down_s: float = 1.0) -> None:
+        self.kill()
+        time.sleep(down_s)
+        self.start()
+
+    def __enter__(self) -> PrivateRedis:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
+class PrivatePostgres:
+    """A throwaway PostgreSQL cluster (initdb) on a free port, run as the postgres user."""
+
+    def __init__(self, workdir: Path) -> None:
+        problem = None
+        if PG_BIN is None:
+            problem = "PostgreSQL server binaries are not installed"
+        elif os.geteuid() != 0 or shutil.which("runuser") is None:
+            problem = "starting a private PostgreSQL needs root (to run as user postgres)"
+        if problem:
+            if in_ci():
+                pytest.fail(problem)
+            pytest.skip(problem)
+        # not under pytest's tmp_path: user postgres must be able to reach the folder
+        self.root = Path(tempfile.mkdtemp(prefix="conveyor-pg-"))
+        self.dir = self.root / "pgdata"
+        self.port = free_port()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _as_postgres(self, *args: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True,
+                       capture_output=True, timeout=60)
+
+    def __enter__(self) -> PrivatePostgres:
+        self.root.chmod(0o755)
+        self.dir.mkdir()
+        shutil.chown(self.dir, "postgres", "postgres")
+        self._as_postgres(str(PG_BIN / "initdb"), "-D", str(self.dir), "-A", "trust",
+                          "-U", "postgres", "--no-sync")
+        self.start()
+        return self
+
+    def start(self) -> None:
+        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.dir), "-w", "-l",
+                          str(self.dir / "log"), "-o",
+                          f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
+                          "-c fsync=off", "start")
+        _wait_port(self.port)
+
+    def stop(self) -> None:
+        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.dir), "-m", "fast", "-w",
+                          "stop")
+
+    def restart(self, down_s: float = 1.0) -> None:
+        self.stop()
+        time.sleep(down_s)
+        self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.dir), "-m",
+                              "immediate", "-w", "stop")
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from conveyor.config import Settings
+from conveyor.db.models import AuditEvent
 from conveyor.engine.jobs import JobSpec
 from conveyor.engine.ratelimit import DbCallGuard
 from conveyor.engine.runner import Runner
@@ -130,3 +131,27 @@ class CommitRefuses(Step):
 
 
 registry.register(CommitRefuses())
+
+
+class Record(Step):
+    """Works ``payload['seconds']``, then commits one audit row: the exactly-once witness
+    (a run may repeat after a crash; its committed result must not)."""
+
+    pipeline = PIPELINE
+    name = "record"
+
+    def run(self, ctx: StepContext) -> Any:
+        _mark(ctx, "record")
+        deadline = time.monotonic() + float(ctx.job.payload.get("seconds", 0))
+        while time.monotonic() < deadline:
+            ctx.check_cancelled()
+            time.sleep(0.02)
+        return os.getpid()
+
+    def commit(self, ctx: StepContext, session: Session, output: Any) -> None:
+        session.add(AuditEvent(item_id=ctx.job.item_id, job_id=ctx.job.id, pipeline=PIPELINE,
+                               step="record", outcome="committed", cost_estimate=0.0,
+                               detail={"pid": output}))
+
+
+registry.register(Record())

@@ -12,29 +12,25 @@ from conveyor import __version__
 from conveyor.api import common
 from conveyor.api.limits import BodyLimitMiddleware
 from conveyor.config import Settings, get_settings
-from conveyor.engine.executors.local import LocalExecutor
-from conveyor.runtime import build_runner, load_pipelines, prepare, storage_for
+from conveyor.runtime import load_pipelines, prepare, start_background, storage_for
 
 log = logging.getLogger("conveyor.api")
 
 
 def create_app(settings: Settings | None = None, *, start_workers: bool = False) -> FastAPI:
     settings = settings or get_settings()
-    load_pipelines()
+    load_pipelines(settings.plugins)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         prepare(settings)
-        executor: LocalExecutor | None = None
-        if start_workers and settings.executor == "local":
-            executor = LocalExecutor(settings, build_runner)
-            executor.start()
-        app.state.executor = executor
+        background = start_background(settings, workers=start_workers)
+        app.state.executor = background
         try:
             yield
         finally:
-            if executor is not None:
-                executor.stop()
+            if background is not None:
+                background.stop()
 
     app = FastAPI(title="Conveyor", version=__version__, lifespan=lifespan)
     app.state.settings = settings

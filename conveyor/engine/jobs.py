@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from conveyor.db.base import JSONType, UTCDateTime, new_id, utcnow
 from conveyor.db.models import Job
 from conveyor.db.session import affected, get_engine, transaction, write_lock
+from conveyor.engine import outbox
 
 ACTIVE = ("pending", "running")
 FINAL = ("completed", "failed", "blocked", "cancelled")
@@ -69,18 +70,21 @@ def enqueue(session: Session, spec: JobSpec) -> Job:
         payload=dict(spec.payload),
         parent_id=spec.parent_id,
     )
+    publish = outbox.mark_dispatch(job)
     if spec.idempotency_key is None:
         session.add(job)
         session.flush()
-        return job
-    try:
-        with session.begin_nested():
-            session.add(job)
-    except IntegrityError:
-        existing = _active_with_key(session, spec.idempotency_key)
-        if existing is None:
-            raise
-        return existing
+    else:
+        try:
+            with session.begin_nested():
+                session.add(job)
+        except IntegrityError:
+            existing = _active_with_key(session, spec.idempotency_key)
+            if existing is None:
+                raise
+            return existing
+    if publish:
+        outbox.publish_after_commit(session, job.id)
     return job
 
 
@@ -198,10 +202,11 @@ def finish_owned_job(session: Session, job: ClaimedJob, status: str, elapsed_ms:
 
 
 def claim_job_by_id(db_url: str, job_id: str, worker_id: str, lease_s: float) -> ClaimedJob | None:
-    """Claim one named job (a broker delivered its id). None if it is claimed or done."""
+    """Claim one named job (a broker delivered its id). None if it is claimed, done, or not
+    due yet (a delayed retry: the dispatcher publishes it again when it comes due)."""
     now = utcnow()
     due = or_(
-        Job.status == "pending",
+        and_(Job.status == "pending", Job.run_after <= now),
         and_(Job.status == "running", Job.lease_until < now),
     )
     stmt = (
@@ -258,6 +263,7 @@ def schedule_retry(row: Job, delay_s: float, error: str, stack: str | None) -> N
     row.locked_by = None
     row.lease_until = None
     row.run_after = utcnow() + timedelta(seconds=delay_s)
+    row.dispatched_at = None  # a brokered executor publishes it again when it is due
     row.last_error = error
     row.last_error_stack = stack
 
@@ -304,6 +310,7 @@ def reap_expired_leases(db_url: str) -> int:
             update(Job)
             .where(Job.status == "running", Job.lease_until < now)
             .values(status="pending", locked_by=None, lease_until=None, run_after=now,
+                    dispatched_at=None,
                     last_error="worker_lost: the worker died or stalled past its lease")
         )
         return affected(result)
