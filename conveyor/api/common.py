@@ -17,7 +17,7 @@ from conveyor.api.deps import get_app_settings, get_storage, require_principal
 from conveyor.config import Settings
 from conveyor.db.models import Item, Job
 from conveyor.db.session import read_session
-from conveyor.engine.events import events_after, latest_event_id
+from conveyor.engine.events import EventTail, latest_event_id
 from conveyor.storage import Storage
 from conveyor.storage.signing import verify
 
@@ -88,19 +88,19 @@ def jobs(principal: Principal = Depends(require_principal),
 async def event_stream(request: Request, settings: Settings, owner_id: str | None,
                        item_id: str | None, last_id: int) -> AsyncIterator[str]:
     db = settings.resolved_database_url
+    tail = EventTail(last_id)
 
-    def fetch(after: int) -> list[dict[str, Any]]:
+    def fetch() -> list[dict[str, Any]]:
         with read_session(db) as session:
             return [{"id": e.id, "kind": e.kind, "item_id": e.item_id, "pipeline": e.pipeline,
                      "data": e.data, "at": e.created_at.isoformat()}
-                    for e in events_after(session, after, owner_id=owner_id, item_id=item_id)]
+                    for e in tail.poll(session, owner_id=owner_id, item_id=item_id)]
 
     yield "retry: 2000\n\n"
     idle = 0.0
     while not await request.is_disconnected():
-        batch = await asyncio.to_thread(fetch, last_id)
+        batch = await asyncio.to_thread(fetch)
         for event in batch:
-            last_id = event["id"]
             yield f"id: {event['id']}\nevent: {event['kind']}\ndata: {json.dumps(event)}\n\n"
         if batch:
             idle = 0.0
