@@ -13,6 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from conveyor.config import Settings, get_settings
+from conveyor.pipelines.photos.cli import ingest_photos, photos_app
 
 app = typer.Typer(help="Conveyor: durable multi-stage AI pipelines for media.",
                   no_args_is_help=True)
@@ -20,6 +21,8 @@ users_app = typer.Typer(help="Users and API tokens.", no_args_is_help=True)
 ingest_app = typer.Typer(help="Feed files to a pipeline.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
 app.add_typer(ingest_app, name="ingest")
+app.add_typer(photos_app, name="photos")
+ingest_app.command("photos")(ingest_photos)
 console = Console()
 err = Console(stderr=True)
 

@@ -16,11 +16,13 @@ from conveyor.engine.ratelimit import DbCallGuard, Rate
 from conveyor.engine.runner import Runner
 from conveyor.engine.steps import StepRegistry, registry
 from conveyor.providers.catalogs.discogs import discogs_rate_per_min
+from conveyor.providers.vision.factory import GUARD_KEYS as VISION_GUARD_KEYS
 from conveyor.storage import Storage, build_storage
 
 
 def load_pipelines(plugins: Iterable[str] = ()) -> StepRegistry:
     """Import every pipeline (and the configured plugins) so their steps register."""
+    import conveyor.pipelines.photos.steps
     import conveyor.pipelines.records.steps  # noqa: F401
 
     for module in plugins:
@@ -33,6 +35,9 @@ def provider_rates(settings: Settings) -> dict[str, Rate]:
         "discogs": Rate(float(discogs_rate_per_min(bool(
             settings.discogs_token and settings.discogs_token.get_secret_value()))), 1.0),
         "llm": Rate(settings.llm_rate_per_min, 2.0),
+        # photo-analysis services (conveyor/providers/vision; the openai one shares "llm")
+        **{key: Rate(settings.ai_rate_per_min, 2.0)
+           for key in VISION_GUARD_KEYS.values() if key != "llm"},
     }
 
 

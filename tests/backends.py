@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -81,6 +82,7 @@ def _template() -> str:
     from conveyor.db.migrate import upgrade
 
     name = f"conveyor_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    _drop_orphans()
     engine = _admin_engine()
     with engine.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
@@ -90,6 +92,19 @@ def _template() -> str:
 
     dispose_all()  # a template must have no open connections while it is copied
     return name
+
+
+def _drop_orphans() -> None:
+    """Drop test databases left by test sessions that were killed (their pid is gone)."""
+    engine = _admin_engine()
+    with engine.connect() as conn:
+        names = conn.scalars(text("SELECT datname FROM pg_database WHERE datname LIKE "
+                                  "'conveyor\\_t%'")).all()
+    engine.dispose()
+    for name in names:
+        parts = name.split("_")  # conveyor_tpl_<pid>_<hex> or conveyor_t_<pid>_<hex>
+        if len(parts) == 4 and parts[2].isdigit() and not Path(f"/proc/{parts[2]}").exists():
+            _drop(name)
 
 
 def drop_template() -> None:
@@ -110,7 +125,7 @@ def postgres_database() -> Iterator[str]:
     """A fresh, migrated PostgreSQL database for one test; dropped afterwards."""
     require_postgres()
     template = _template()
-    name = f"conveyor_t_{uuid.uuid4().hex[:12]}"
+    name = f"conveyor_t_{os.getpid()}_{uuid.uuid4().hex[:12]}"
     engine = _admin_engine()
     with engine.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
@@ -233,3 +248,46 @@ class PrivatePostgres:
             self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.dir), "-m",
                               "immediate", "-w", "stop")
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+# -- the scaled-out stack: PostgreSQL + S3 + Celery over Redis ---------------------------
+
+_s3: Any = None
+
+
+def shared_s3() -> Any:
+    """One moto S3 server on 127.0.0.1 for the test session; each test gets a bucket."""
+    global _s3
+    if _s3 is None:
+        from tests.fakes.s3_server import MotoS3
+
+        _s3 = MotoS3().start()
+    return _s3
+
+
+def stop_shared_s3() -> None:
+    global _s3
+    if _s3 is not None:
+        _s3.stop()
+        _s3 = None
+
+
+def s3_bucket() -> tuple[str, dict[str, str]]:
+    """A fresh bucket: its CONVEYOR_STORAGE_URL and the credentials boto3 must see."""
+    s3 = shared_s3()
+    bucket = f"conveyor-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(bucket)
+    return s3.storage_url(bucket, "media"), dict(s3.env)
+
+
+@contextlib.contextmanager
+def scaled_env() -> Iterator[dict[str, str]]:
+    """Environment for `conveyor serve` and `conveyor worker` on the scaled-out stack: a
+    fresh PostgreSQL database, an S3 bucket, and a Celery queue of its own on Redis."""
+    require_redis()
+    with postgres_database() as db_url:
+        storage_url, aws = s3_bucket()
+        yield {"CONVEYOR_DATABASE_URL": db_url, "CONVEYOR_STORAGE_URL": storage_url, **aws,
+               "CONVEYOR_EXECUTOR": "celery", "CONVEYOR_BROKER_URL": REDIS_URL,
+               "CONVEYOR_CELERY_QUEUE": f"conveyor-test-{uuid.uuid4().hex[:8]}",
+               "CONVEYOR_DISPATCH_INTERVAL_S": "0.2", "CONVEYOR_REDISPATCH_AFTER_S": "10"}

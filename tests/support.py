@@ -91,6 +91,26 @@ class LiveServer:
     admin_token: str
     tokens: dict[str, str] = field(default_factory=dict)
     log_path: Path | None = None
+    env: dict[str, str] | None = None  # what `conveyor` commands for this server need
+
+    def stored_keys(self) -> list[str]:
+        """Every storage key this server has written, on local disk or in S3."""
+        url = (self.env or {}).get("CONVEYOR_STORAGE_URL", "")
+        if url.startswith("s3://"):
+            from conveyor.storage import parse_s3_url
+            from tests.backends import shared_s3
+
+            bucket, prefix = parse_s3_url(url)[:2]
+            pages = shared_s3().client().get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=f"{prefix}/" if prefix else "")
+            return sorted(o["Key"].removeprefix(f"{prefix}/" if prefix else "")
+                          for page in pages for o in page.get("Contents", []))
+        root = self.home / "storage"
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+    def cli(self, *args: str, **kw: Any) -> str:
+        """Run a `conveyor` command against this server's database and storage."""
+        return run_cli(self.home, *args, env=self.env, **kw)
 
     def client(self, user: str = "admin", **kw: Any) -> httpx.Client:
         token = self.admin_token if user == "admin" else self.tokens[user]
@@ -98,7 +118,7 @@ class LiveServer:
                             timeout=kw.pop("timeout", 30.0), **kw)
 
     def add_user(self, name: str, admin: bool = False) -> str:
-        out = run_cli(self.home, "users", "create", name, *(["--admin"] if admin else []))
+        out = self.cli("users", "create", name, *(["--admin"] if admin else []))
         token = out.strip().splitlines()[-1].strip()
         self.tokens[name] = token
         return token
@@ -144,35 +164,71 @@ def run_cli(home: Path, *args: str, env: dict[str, str] | None = None, timeout: 
 
 @contextlib.contextmanager
 def live_server(home: Path, *, workers: int = 1, env: dict[str, str] | None = None,
-                startup_timeout: float = 60.0) -> Iterator[LiveServer]:
-    """`conveyor serve` in its own process group, on a free port, with local workers."""
+                startup_timeout: float = 60.0, stack: str = "embedded") -> Iterator[LiveServer]:
+    """`conveyor serve` in its own process group, on a free port, with ``workers`` workers.
+
+    ``stack="embedded"``: SQLite, local files, local worker processes inside the server.
+    ``stack="scaled"``: PostgreSQL, S3 storage, and a separate `conveyor worker --executor
+    celery` process (``workers`` pool processes) fed through Redis — two "machines" that
+    share nothing but the services.
+    """
     home.mkdir(parents=True, exist_ok=True)
-    environment = env_for(home, CONVEYOR_WORKERS=str(workers), CONVEYOR_EXECUTOR="local")
-    environment.update(env or {})
-    out = run_cli(home, "bootstrap", env=environment)
-    token = out.strip().splitlines()[-1].strip()
-    port = free_port()
-    log_path = home / "server.log"
-    log = open(log_path, "wb")  # noqa: SIM115  (closed in the finally below)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "conveyor.cli", "serve", "--host", "127.0.0.1", "--port",
-         str(port)], cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True)
-    server = LiveServer(f"http://127.0.0.1:{port}", home, proc, token, log_path=log_path)
-    try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited:\n{log_path.read_text()}")
-            try:
-                if httpx.get(f"{server.url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"server did not start:\n{log_path.read_text()}")
-            time.sleep(0.1)
+    with contextlib.ExitStack() as resources:
+        environment = env_for(home, CONVEYOR_WORKERS=str(workers), CONVEYOR_EXECUTOR="local")
+        if stack == "scaled":
+            from tests.backends import scaled_env
+
+            environment.update(resources.enter_context(scaled_env()))
+        environment.update(env or {})
+        out = run_cli(home, "bootstrap", env=environment)
+        token = out.strip().splitlines()[-1].strip()
+        port = free_port()
+        log_path = home / "server.log"
+        server_proc = resources.enter_context(_process_group(
+            [sys.executable, "-m", "conveyor.cli", "serve", "--host", "127.0.0.1",
+             "--port", str(port)], environment, log_path))
+        server = LiveServer(f"http://127.0.0.1:{port}", home, server_proc, token,
+                            log_path=log_path, env=environment)
+        if stack == "scaled":
+            worker_log = home / "worker.log"
+            worker = resources.enter_context(_process_group(
+                [sys.executable, "-m", "conveyor.cli", "worker", "--executor", "celery"],
+                environment, worker_log))
+            _wait_for(lambda: b" ready." in worker_log.read_bytes(), worker, worker_log,
+                      startup_timeout, "celery worker")
+        _wait_for(lambda: _healthy(server.url), server_proc, log_path, startup_timeout,
+                  "server")
         yield server
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _wait_for(ready: Any, proc: subprocess.Popen[bytes], log_path: Path, timeout: float,
+              what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            raise AssertionError(f"{what} exited:\n{log_path.read_text(errors='replace')}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not start:\n"
+                                 f"{log_path.read_text(errors='replace')}")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def _process_group(argv: list[str], env: dict[str, str],
+                   log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A process in its own group, logging to ``log_path``; SIGTERM (then SIGKILL) at exit."""
+    log = open(log_path, "wb")  # noqa: SIM115  (closed in the finally below)
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        yield proc
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)

@@ -37,12 +37,17 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = False)
     app.state.storage = storage_for(settings)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
 
+    from conveyor.pipelines.photos.api import router as photos_router
+    from conveyor.pipelines.photos.pages import router as photos_pages_router
     from conveyor.pipelines.records.api import router as records_router
     from conveyor.web.pages import router as pages_router
     from conveyor.web.pages import static_files
 
     app.include_router(common.router)
     app.include_router(records_router)
+    app.include_router(photos_router)  # seed 002's /photos …
+    app.include_router(photos_router, prefix="/api/v1")  # … and /api/v1/photos
+    app.include_router(photos_pages_router)
     app.include_router(pages_router)
     app.mount("/static", static_files(), name="static")
     return app

@@ -55,7 +55,7 @@ import struct
 import threading
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -64,6 +64,7 @@ import pillow_heif
 from PIL import Image, ImageCms, ImageFile
 
 from conveyor.errors import MediaError, TransientError
+from conveyor.media.exif import read_exif
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -164,6 +165,9 @@ class CanonicalImage:
     source_mode: str
     sha256: str
     size: int
+    #: the source's EXIF summary (camera, taken_at, gps…; see conveyor.media.exif), read in
+    #: the sandbox before the metadata is dropped from the canonical JPEG
+    exif: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,7 @@ class _Encoded:
     height: int
     source_format: str
     source_mode: str
+    exif: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
 # --------------------------------------------------------------------------- errors
@@ -462,6 +467,7 @@ def _decode(fp: IO[bytes], src: Path, limits: ImageLimits) -> _Encoded:
     _check_pixels(im.size, limits, src.name)  # some plugins only know the size once loaded
     profile = _icc_profile(im.info.get("icc_profile"))
     orientation = _orientation(im)
+    exif = read_exif(im)  # never raises; hostile tags are dropped
 
     rgb = _to_rgb(im, profile)
     target = _target_size(rgb.size)
@@ -477,7 +483,7 @@ def _decode(fp: IO[bytes], src: Path, limits: ImageLimits) -> _Encoded:
 
     out = io.BytesIO()
     rgb.save(out, "JPEG", quality=JPEG_QUALITY, optimize=False, progressive=False)
-    return _Encoded(out.getvalue(), rgb.width, rgb.height, source_format, source_mode)
+    return _Encoded(out.getvalue(), rgb.width, rgb.height, source_format, source_mode, exif)
 
 
 def _encode(src: Path, limits: ImageLimits) -> _Encoded:
@@ -536,6 +542,7 @@ def _finish(dst: Path, encoded: _Encoded) -> CanonicalImage:
         source_mode=encoded.source_mode,
         sha256=hashlib.sha256(encoded.data).hexdigest(),
         size=len(encoded.data),
+        exif=encoded.exif,
     )
 
 

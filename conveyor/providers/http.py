@@ -43,7 +43,7 @@ DEFAULT_MAX_RETRY_AFTER_S = 30.0
 #: Upper bound on the ``retry_after`` we report, whatever the server says.
 RETRY_AFTER_REPORT_CAP_S = 3600.0
 BACKOFF_CAP_S = 8.0
-_SECRET_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization")
+_SECRET_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization", "x-goog-api-key")
 _AUTH_WORDS = frozenset({"bearer", "basic", "token", "discogs", "key", "secret"})
 _BODY_EXCERPT = 200
 

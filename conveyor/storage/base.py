@@ -36,9 +36,21 @@ class Storage(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
+    def direct_url(self, key: str, expires_s: int) -> str | None:
+        """A URL the client can fetch the file from directly (an S3 presigned GET), valid for
+        ``expires_s`` seconds; None when the backend has none (local disk: callers hand out
+        the HMAC-signed ``/files`` link instead)."""
+
 
 class UploadTooLarge(PermanentError):
     code = "upload_too_large"
+
+
+class StoredFileMissing(PermanentError, FileNotFoundError):
+    """No file under the key: a PermanentError for the engine, a FileNotFoundError for
+    code that expects one (what :class:`LocalStorage` raises for a missing key)."""
+
+    code = "file_missing"
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

@@ -72,3 +72,6 @@ class LocalStorage:
 
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
+
+    def direct_url(self, key: str, expires_s: int) -> str | None:
+        return None  # files are served by the app behind HMAC-signed /files links

@@ -32,6 +32,7 @@ from conveyor.pipelines.records import views
 from conveyor.pipelines.records.models import METADATA_FIELDS, ArchiveRecord, PreviewRecord
 from conveyor.pipelines.records.states import PIPELINE, REVIEWABLE
 from conveyor.pipelines.records.views import preview_view, record_view
+from conveyor.storage import direct_url_origin
 
 WEB_DIR = Path(__file__).parent
 router = APIRouter(include_in_schema=False)
@@ -109,6 +110,12 @@ def _render(request: Request, name: str, context: dict[str, Any], *,
         request, name, {"principal": principal, "path": request.url.path, **context},
         status_code=status_code)
     response.headers.update(SECURITY_HEADERS)
+    settings = getattr(request.app.state, "settings", None)
+    files_origin = direct_url_origin(settings.resolved_storage_url) if settings else None
+    if files_origin:  # S3: images come straight from presigned URLs on the bucket's host
+        response.headers["Content-Security-Policy"] = SECURITY_HEADERS[
+            "Content-Security-Policy"].replace("img-src 'self' data:",
+                                               f"img-src 'self' data: {files_origin}")
     return response
 
 

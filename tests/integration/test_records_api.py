@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import STACKS
 from tests.fakes.fake_discogs import FakeDiscogs
 from tests.fakes.fake_openai import FakeOpenAI
 from tests.support import (
@@ -73,9 +74,10 @@ class Stack:
         return self.server.wait_for(pid, states, timeout=timeout, user="alice")
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    home = tmp_path_factory.mktemp("records-api")
+@pytest.fixture(scope="module", params=STACKS)
+def stack(request: pytest.FixtureRequest,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    home = tmp_path_factory.mktemp(f"records-api-{request.param}")
     with FakeOpenAI(api_key=LLM_KEY) as llm, FakeDiscogs(token=DISCOGS_TOKEN) as discogs:
         llm.respond_with(answer)
         discogs.add_release(artist="Pink Floyd", title="The Dark Side Of The Moon",
@@ -89,7 +91,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                "CONVEYOR_DISCOGS_TOKEN": DISCOGS_TOKEN,
                "CONVEYOR_MAX_UPLOAD_BYTES": str(2_000_000),
                "CONVEYOR_BREAKER_FAILURES": "100"}
-        with live_server(home, workers=2, env=env) as server:
+        with live_server(home, workers=2, env=env, stack=request.param) as server:
             server.add_user("alice")
             server.add_user("bob")
             yield Stack(server, llm, discogs)
@@ -171,10 +173,11 @@ def test_middling_ocr_waits_for_review_without_the_llm(stack: Stack, covers: Pat
     assert archived["state"] == "ARCHIVED" and archived["record_id"] == record_id
     listing = stack.alice.get("/api/v1/upap/records").json()
     assert record_id in [r["record_id"] for r in listing["records"]]
-    storage = stack.server.home / "storage"
-    assert len(list((storage / "archive").rglob(f"{pid}.jpg"))) == 1
-    assert not list((storage / "temp").rglob(f"{pid}_*"))  # moved to the archive
-    assert list((storage / "archive").rglob(f"originals/{pid}_middle.jpg"))
+    keys = stack.server.stored_keys()
+    assert len([k for k in keys if k.startswith("archive/") and k.endswith(f"/{pid}.jpg")]) == 1
+    assert not [k for k in keys if k.startswith("temp/") and f"/{pid}_" in k]  # moved
+    assert [k for k in keys if k.startswith("archive/")
+            and k.endswith(f"/originals/{pid}_middle.jpg")]
 
 
 def test_low_ocr_escalates_to_the_llm_and_merges(stack: Stack, covers: Path) -> None:
@@ -295,7 +298,7 @@ def test_upload_errors(stack: Stack, covers: Path) -> None:
     big = stack.alice.post("/api/v1/upap/upload",
                            files={"file": ("big.jpg", b"\xff" * 3_000_000)})
     assert big.status_code == 413
-    assert not [p for p in (stack.server.home / "storage").rglob("*big*")]
+    assert not [k for k in stack.server.stored_keys() if "big" in k]
 
 
 def test_path_tricks_in_file_names_stay_inside_storage(stack: Stack, covers: Path) -> None:
@@ -303,8 +306,9 @@ def test_path_tricks_in_file_names_stay_inside_storage(stack: Stack, covers: Pat
     r = stack.alice.post("/api/v1/upap/upload",
                          files={"file": ("../../../../etc/cron.d/evil.jpg", data)})
     pid = r.json()["preview_id"]
-    stored = list((stack.server.home / "storage").rglob(f"{pid}_*"))
-    assert [p.name for p in stored] == [f"{pid}_evil.jpg"]
+    stored = [k for k in stack.server.stored_keys() if f"{pid}_" in k]
+    assert [k.rsplit("/", 1)[-1] for k in stored] == [f"{pid}_evil.jpg"]
+    assert all(".." not in k.split("/") for k in stored)
     assert not Path("/etc/cron.d/evil.jpg").exists()
 
 

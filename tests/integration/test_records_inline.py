@@ -140,8 +140,14 @@ def test_a_failing_failure_handler_still_ends_the_job(settings: Settings,
     pid = upload(settings, user.id, make_cover(tmp_path / "m.jpg", MIDDLE_COVER))
     runner = build_runner(settings)
     run_until_idle(runner)
-    for original in (settings.home_dir / "storage" / "temp").rglob(f"{pid}_*"):
-        original.unlink()  # the upload vanished from storage
+    with read_session(settings.resolved_database_url) as session:
+        preview = session.get(PreviewRecord, pid)
+        assert preview is not None
+        keys = [preview.file_path, preview.canonical_image_path]
+    storage = storage_for(settings)
+    for key in keys:
+        assert key and storage.exists(key)
+        storage.delete(key)  # the upload vanished from storage
     review_preview(settings, pid, None, {"album": "X"}, archive=True)
     run_until_idle(runner)  # must not raise, must not leave the job running
     with read_session(settings.resolved_database_url) as session:

@@ -101,10 +101,27 @@ def _worker_runner() -> Runner:
     if _runner is None:
         if _settings is None or _factory is None:
             raise RuntimeError("conveyor celery worker not initialised")
+        _allow_children()
         _runner = _factory(_settings)
         _runner.warm_up()
         install_publisher(_settings)  # steps enqueue their next steps
     return _runner
+
+
+def _allow_children() -> None:
+    """Let this pool child start the sandboxed image decoder (a multiprocessing child).
+
+    Celery's pool (billiard) makes its children daemonic, and multiprocessing refuses
+    children to daemons; billiard's authkey type also refuses to be pickled for the
+    forkserver. The decoder watches its pipe and exits with us, so neither rule protects
+    anything here.
+    """
+    from multiprocessing import process as mp_process
+
+    config = mp.current_process()._config  # type: ignore[attr-defined]
+    config.pop("daemon", None)
+    config["authkey"] = mp_process.AuthenticationString(  # type: ignore[attr-defined]
+        bytes(config["authkey"]))
 
 
 class CeleryPublisher:

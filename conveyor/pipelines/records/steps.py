@@ -247,6 +247,9 @@ class VisionStep(RecordsStep):
 def _image_input(ctx: StepContext, preview: PreviewRecord) -> ImageInput:
     key = preview.canonical_image_path or ""
     if ctx.settings.llm_image_mode == "signed_url":
+        direct = ctx.storage.direct_url(key, 900)  # S3: a presigned URL the model can fetch
+        if direct:
+            return ImageInput(url=direct)
         path = signed_path(ctx.settings.signing_key(), key, ttl_s=900)
         return ImageInput(url=ctx.settings.public_url.rstrip("/") + path)
     return ImageInput(data=ctx.storage.read_bytes(key), mime="image/jpeg")

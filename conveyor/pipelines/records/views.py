@@ -11,6 +11,7 @@ from conveyor.config import Settings
 from conveyor.db.models import AuditEvent, Item
 from conveyor.pipelines.records.models import METADATA_FIELDS, ArchiveRecord, PreviewRecord
 from conveyor.pipelines.records.states import ARCHIVED
+from conveyor.storage import direct_url_for
 from conveyor.storage.signing import signed_path
 
 
@@ -37,7 +38,11 @@ def field_confidence(row: PreviewRecord | ArchiveRecord) -> dict[str, float]:
 
 
 def _image_url(settings: Settings, key: str | None) -> str | None:
-    return signed_path(settings.signing_key(), key, ttl_s=3600) if key else None
+    """The storage's own presigned URL (S3), else the app's HMAC-signed ``/files`` link."""
+    if not key:
+        return None
+    return (direct_url_for(settings.resolved_storage_url, key, 3600)
+            or signed_path(settings.signing_key(), key, ttl_s=3600))
 
 
 def _row_view(session: Session, settings: Settings, row: PreviewRecord | ArchiveRecord,
