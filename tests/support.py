@@ -164,13 +164,14 @@ def run_cli(home: Path, *args: str, env: dict[str, str] | None = None, timeout: 
 
 @contextlib.contextmanager
 def live_server(home: Path, *, workers: int = 1, env: dict[str, str] | None = None,
-                startup_timeout: float = 60.0, stack: str = "embedded") -> Iterator[LiveServer]:
+                startup_timeout: float = 60.0, stack: str = "embedded",
+                celery_workers: int = 1) -> Iterator[LiveServer]:
     """`conveyor serve` in its own process group, on a free port, with ``workers`` workers.
 
     ``stack="embedded"``: SQLite, local files, local worker processes inside the server.
-    ``stack="scaled"``: PostgreSQL, S3 storage, and a separate `conveyor worker --executor
-    celery` process (``workers`` pool processes) fed through Redis — two "machines" that
-    share nothing but the services.
+    ``stack="scaled"``: PostgreSQL, S3 storage, and ``celery_workers`` separate `conveyor
+    worker --executor celery` processes (``workers`` pool processes each) fed through Redis:
+    "machines" that share nothing but the services.
     """
     home.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as resources:
@@ -189,13 +190,13 @@ def live_server(home: Path, *, workers: int = 1, env: dict[str, str] | None = No
              "--port", str(port)], environment, log_path))
         server = LiveServer(f"http://127.0.0.1:{port}", home, server_proc, token,
                             log_path=log_path, env=environment)
-        if stack == "scaled":
-            worker_log = home / "worker.log"
+        for n in range(celery_workers if stack == "scaled" else 0):
+            worker_log = home / f"worker{n}.log"
             worker = resources.enter_context(_process_group(
                 [sys.executable, "-m", "conveyor.cli", "worker", "--executor", "celery"],
                 environment, worker_log))
-            _wait_for(lambda: b" ready." in worker_log.read_bytes(), worker, worker_log,
-                      startup_timeout, "celery worker")
+            _wait_for(lambda log=worker_log: b" ready." in log.read_bytes(),  # type: ignore[misc]
+                      worker, worker_log, startup_timeout, "celery worker")
         _wait_for(lambda: _healthy(server.url), server_proc, log_path, startup_timeout,
                   "server")
         yield server
