@@ -109,7 +109,7 @@ class Runner:
         self.guard = guard
         self.worker_id = worker_id or make_worker_id()
         self.pipelines = pipelines
-        self.resources = Resources()
+        self.resources = Resources(guard)
         self._heartbeat: _Heartbeat | None = None
         self._next_reap = 0.0
 

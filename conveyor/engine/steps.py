@@ -26,7 +26,7 @@ from conveyor.engine.audit import AuditRecord
 from conveyor.engine.events import emit
 from conveyor.engine.jobs import ClaimedJob, JobSpec, enqueue
 from conveyor.errors import ConveyorError, PermanentError
-from conveyor.providers.base import CallGuard
+from conveyor.providers.base import CallGuard, NoGuard
 from conveyor.storage.base import Storage
 
 
@@ -74,9 +74,11 @@ class StepContext:
 
 
 class Resources:
-    """Per-process cache of expensive objects (an OCR model, an HTTP client)."""
+    """Per-process cache of expensive objects (an OCR model, an HTTP client), and the
+    process's call guard, for providers built before the first job (``warm_up``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, guard: CallGuard | None = None) -> None:
+        self.guard: CallGuard = guard if guard is not None else NoGuard()
         self._objects: dict[str, Any] = {}
         self._lock = threading.Lock()
 

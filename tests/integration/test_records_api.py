@@ -343,6 +343,7 @@ def test_pipeline_log_is_ndjson_with_the_seed_fields(stack: Stack, covers: Path)
 def test_sse_streams_state_changes(stack: Stack, covers: Path) -> None:
     seen: list[dict[str, Any]] = []
     ready = threading.Event()
+    uploaded: list[str] = []  # earlier tests' items may still send events: wait for ours
 
     def listen() -> None:
         with stack.server.client("alice", timeout=60) as c, \
@@ -351,7 +352,8 @@ def test_sse_streams_state_changes(stack: Stack, covers: Path) -> None:
             for line in r.iter_lines():
                 if line.startswith("data: "):
                     seen.append(json.loads(line[6:]))
-                    if any(e["data"].get("state") == "AI_ANALYZED" for e in seen):
+                    if any(e["data"].get("state") == "AI_ANALYZED"
+                           and e["item_id"] in uploaded for e in seen):
                         return
 
     t = threading.Thread(target=listen, daemon=True)
@@ -359,9 +361,10 @@ def test_sse_streams_state_changes(stack: Stack, covers: Path) -> None:
     assert ready.wait(10)
     time.sleep(0.3)
     pid = stack.upload(make_cover(covers / "sse.jpg", MIDDLE_COVER))
+    uploaded.append(pid)
     t.join(60)
     kinds = [(e["kind"], e["data"].get("state")) for e in seen if e["item_id"] == pid]
-    assert ("item.created", "UPLOADED") in kinds
+    assert ("item.created", "UPLOADED") in kinds, (pid, seen)
     assert ("item.state", "AI_ANALYZED") in kinds
     assert any(k == "job.completed" for k, _ in kinds)
 

@@ -63,7 +63,6 @@ from conveyor.pipelines.photos.states import (
     PIPELINE,
     PROCESSING,
 )
-from conveyor.providers.base import CallGuard
 from conveyor.providers.vision.base import AIProviderBase, PhotoInput
 from conveyor.providers.vision.imaging import open_jpeg
 from conveyor.storage.signing import signed_path
@@ -137,21 +136,13 @@ class AnalyseStep(Step):
 
     # -- the provider: built once per worker process ---------------------------------------
 
-    def _provider(self, settings: Settings, resources: Resources,
-                  guard: CallGuard | None) -> AIProviderBase:
-        def make() -> AIProviderBase:
-            call_guard = guard
-            if call_guard is None:  # warm-up runs before any job hands us the runner's guard
-                from conveyor.runtime import build_guard
-
-                call_guard = build_guard(settings)
-            return build_provider(settings, call_guard)
-
-        provider: AIProviderBase = resources.get(PROVIDER_RESOURCE, make)
+    def _provider(self, settings: Settings, resources: Resources) -> AIProviderBase:
+        provider: AIProviderBase = resources.get(
+            PROVIDER_RESOURCE, lambda: build_provider(settings, resources.guard))
         return provider
 
     def warm_up(self, settings: Settings, resources: Resources) -> None:
-        self._provider(settings, resources, None).warm_up()
+        self._provider(settings, resources).warm_up()
 
     # -- run ---------------------------------------------------------------------------------
 
@@ -159,7 +150,7 @@ class AnalyseStep(Step):
         photo = _load(ctx)
         self._mark_processing(ctx)
         forced = bool(ctx.job.payload.get("force"))
-        provider = self._provider(ctx.settings, ctx.resources, ctx.guard)
+        provider = self._provider(ctx.settings, ctx.resources)
         derived = self._derive(ctx, photo)
         ctx.check_cancelled()
         if not forced:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,13 @@ def _version() -> str:
 
 
 def build_ocr(name: str, threads: int = 1) -> RapidOcrEngine:
+    """The OCR engine of this process: one per (name, threads), shared by every step that
+    reads text (records covers, the local photo analyser), so the model loads once."""
+    return _shared_ocr(name, int(threads))
+
+
+@lru_cache(maxsize=4)
+def _shared_ocr(name: str, threads: int) -> RapidOcrEngine:
     if name == "rapidocr":
         return RapidOcrEngine(threads=threads)
     raise ValueError(f"unknown CONVEYOR_OCR_PROVIDER {name!r} (available: rapidocr)")
