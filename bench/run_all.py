@@ -4,8 +4,8 @@ Each benchmark runs in its own interpreter (as ``bench/<name>.py --json FILE``),
 benchmark's processes, caches and database never affect the next; their full output is
 shown as they run, then one table sums up. Figures only: nothing passes or fails.
 
-    .venv/bin/python bench/run_all.py                 # make bench (about 3-5 minutes)
-    .venv/bin/python bench/run_all.py --quick         # smaller sizes, about 1-2 minutes
+    .venv/bin/python bench/run_all.py                 # make bench (about 6-8 minutes)
+    .venv/bin/python bench/run_all.py --quick         # smaller sizes, about 2-4 minutes
     .venv/bin/python bench/run_all.py --only engine_noop --jobs 5000
 """
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import REPO, header, machine, print_table
 
-BENCHMARKS = ("engine_noop", "records_throughput", "upload_latency")
+BENCHMARKS = ("engine_noop", "records_throughput", "upload_latency", "scaled_throughput")
 
 
 def command(name: str, args: argparse.Namespace, out: Path) -> list[str]:
@@ -35,6 +35,10 @@ def command(name: str, args: argparse.Namespace, out: Path) -> list[str]:
         cmd += ["--covers", str(args.covers), "--rounds", str(args.rounds)]
     elif name == "upload_latency":
         cmd += ["--requests", str(args.requests), "--clients", str(args.clients)]
+    elif name == "scaled_throughput":
+        cmd += ["--jobs", str(args.scale_jobs), "--photos", str(args.photos)]
+        if args.quick:
+            cmd += ["--brokers", "redis"]
     return cmd
 
 
@@ -87,6 +91,49 @@ def summary(results: dict[str, dict[str, Any]]) -> list[list[Any]]:
             rows.append(["upload", f"p95 ms, {r['clients']} clients, {r['mode']}", r["p95_ms"],
                          f"p50 {r['p50_ms']:.0f} / p99 {r['p99_ms']:.0f} ms, "
                          f"{r['per_s']:.0f} req/s", "target < 50 ms"])
+    scale = results.get("scaled_throughput")
+    if scale:
+        rows += _scale_rows(scale)
+    return rows
+
+
+def _scale_rows(scale: dict[str, Any]) -> list[list[Any]]:
+    """Celery (+ PostgreSQL) against the embedded default, warm, same worker count."""
+    rows: list[list[Any]] = []
+    noop = [r for r in scale["noop"] if r["phase"] == "warm"]
+    base = next((r for r in noop if r["setup"] == "embedded"), None)
+    for r in noop:
+        label = r["setup"] if r["broker"] == "-" else f"{r['setup']}+{r['broker']}"
+        label = f"no-op jobs/s, warm, {label} ({r['database']}) x{r['workers']}"
+        if base is None or r is base:
+            rows.append(["scale", label, r["per_s"], f"steady {r['steady_per_s']:,.0f}/s",
+                         "reference"])
+            continue
+        rows.append(["scale", label, r["per_s"],
+                     f"embedded {base['per_s']:,.0f}/s (steady {base['steady_per_s']:,.0f})",
+                     f"{r['per_s'] / base['per_s']:.2f}x (steady "
+                     f"{r['steady_per_s'] / base['steady_per_s']:.2f}x)"])
+    photos = [r for r in scale["photos"] if r["phase"] == "warm"]
+    pbase = next((r for r in photos if r["setup"] == "embedded"), None)
+    raw = scale.get("raw") or {}
+    ideal = _num(raw.get("ideal_per_min"))
+    for r in photos:
+        label = "embedded" if r["setup"] == "embedded" else f"{r['setup']}+{r['broker']}"
+        label = f"photos/min, warm, {label} ({r['database']}) x{r['workers']}"
+        vs_raw = f"{r['vs_ideal']:.2f}x of raw x{r['workers']} ({ideal:,.0f}/min)"
+        if pbase is None or r is pbase:
+            rows.append(["scale", label, r["per_min"],
+                         f"raw pool {_num(raw.get('pool_per_min')):,.0f}/min", vs_raw])
+            continue
+        rows.append(["scale", label, r["per_min"], f"embedded {pbase['per_min']:,.1f}/min",
+                     f"{r['per_min'] / pbase['per_min']:.2f}x; {vs_raw}"])
+    for r in scale["photos"]:
+        if r["phase"] == "cold":
+            label = "embedded" if r["setup"] == "embedded" else f"{r['setup']}+{r['broker']}"
+            rows.append(["scale", f"photos cold: s to first photo done, {label}",
+                         r["first_done_s"], "", "workers start, load OCR"])
+    for note in scale.get("notes", []):
+        rows.append(["scale", note, "", "", ""])
     return rows
 
 
@@ -100,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="records_throughput: warm rounds (2)")
     parser.add_argument("--requests", type=int, help="upload_latency: uploads (default 300)")
     parser.add_argument("--clients", type=int, default=20, help="upload_latency: clients")
+    parser.add_argument("--scale-jobs", type=int,
+                        help="scaled_throughput: no-op jobs per batch (default 1000)")
+    parser.add_argument("--photos", type=int, help="scaled_throughput: photos (default 60)")
     parser.add_argument("--json", help="write every benchmark's results to this file")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -107,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     args.covers = args.covers or (9 if quick else 24)
     args.rounds = args.rounds or (1 if quick else 2)
     args.requests = args.requests or (100 if quick else 300)
+    args.scale_jobs = args.scale_jobs or (300 if quick else 1000)
+    args.photos = args.photos or (16 if quick else 60)
     names = [n.strip() for n in (args.only or ",".join(BENCHMARKS)).split(",") if n.strip()]
     unknown = set(names) - set(BENCHMARKS)
     if unknown:

@@ -9,11 +9,11 @@ next due row: under SQLite's ``BEGIN IMMEDIATE`` it is atomic; on PostgreSQL the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import TextualSelect, and_, bindparam, column, or_, select, text, update
+from sqlalchemy import TextualSelect, bindparam, column, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -116,21 +116,6 @@ def _claimed(row: Any, worker_id: str) -> ClaimedJob:
     )
 
 
-def _claim_values(worker_id: str, now: datetime, lease_s: float) -> dict[str, Any]:
-    return {
-        "status": "running",
-        "locked_by": worker_id,
-        "locked_at": now,
-        "lease_until": now + timedelta(seconds=lease_s),
-        "attempts": Job.attempts + 1,
-        "started_at": now,
-    }
-
-
-_RETURNING = (Job.id, Job.item_id, Job.run_id, Job.pipeline, Job.step, Job.attempts,
-              Job.max_attempts, Job.payload, Job.parent_id)
-
-
 @lru_cache(maxsize=32)
 def _claim_statement(dialect: str, by_pipeline: bool, by_step: bool) -> TextualSelect:
     """The claim as one prepared statement per dialect (built once: this is the hot path).
@@ -201,23 +186,29 @@ def finish_owned_job(session: Session, job: ClaimedJob, status: str, elapsed_ms:
     return affected(result) == 1
 
 
+_CLAIM_BY_ID = text(
+    "UPDATE jobs SET status = 'running', locked_by = :worker, locked_at = :now, "
+    "lease_until = :lease_until, attempts = attempts + 1, started_at = :now "
+    "WHERE id = :id AND ((status = 'pending' AND run_after <= :now) "
+    "OR (status = 'running' AND lease_until < :now)) "
+    "RETURNING id, item_id, run_id, pipeline, step, attempts, max_attempts, payload, parent_id"
+).bindparams(bindparam("now", type_=UTCDateTime()),
+             bindparam("lease_until", type_=UTCDateTime())).columns(
+    Job.id, Job.item_id, Job.run_id, Job.pipeline, Job.step, Job.attempts, Job.max_attempts,
+    column("payload", JSONType), Job.parent_id)
+
+
 def claim_job_by_id(db_url: str, job_id: str, worker_id: str, lease_s: float) -> ClaimedJob | None:
     """Claim one named job (a broker delivered its id). None if it is claimed, done, or not
-    due yet (a delayed retry: the dispatcher publishes it again when it comes due)."""
+    due yet (a delayed retry: the dispatcher publishes it again when it comes due). One
+    prepared statement, like the local executor's claim: this is the Celery hot path."""
+    engine = get_engine(db_url)
     now = utcnow()
-    due = or_(
-        and_(Job.status == "pending", Job.run_after <= now),
-        and_(Job.status == "running", Job.lease_until < now),
-    )
-    stmt = (
-        update(Job)
-        .where(Job.id == job_id, due)
-        .values(**_claim_values(worker_id, now, lease_s))
-        .returning(*_RETURNING)
-    )
-    with transaction(db_url) as session:
-        row = session.execute(stmt).first()
-        return _claimed(row, worker_id) if row is not None else None
+    with write_lock(db_url), engine.begin() as conn:
+        row = conn.execute(_CLAIM_BY_ID, {"worker": worker_id, "now": now, "id": job_id,
+                                          "lease_until": now + timedelta(seconds=lease_s)}
+                           ).first()
+    return _claimed(row, worker_id) if row is not None else None
 
 
 def heartbeat(db_url: str, job_id: str, worker_id: str, lease_s: float) -> tuple[bool, bool]:

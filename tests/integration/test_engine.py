@@ -386,6 +386,23 @@ def test_a_redelivered_job_id_finds_the_job_done_and_does_nothing(settings: Sett
     assert len(runs(settings, "noop")) == 1 and job(settings, jid).status == "completed"
 
 
+def test_a_job_claimed_by_id_must_be_due_or_abandoned(settings: Settings) -> None:
+    from conveyor.engine.jobs import claim_job_by_id
+
+    db = settings.resolved_database_url
+    later = add_jobs(settings, "noop", delay_s=60)[0]
+    assert claim_job_by_id(db, later, "w1", 30) is None  # a delayed retry, not due yet
+    jid = add_jobs(settings, "noop")[0]
+    first = claim_job_by_id(db, jid, "w1", 30)
+    assert first is not None and first.attempts == 1 and first.worker_id == "w1"
+    assert claim_job_by_id(db, jid, "w2", 30) is None  # its worker holds a live lease
+    with transaction(db) as session:
+        session.execute(update(Job).where(Job.id == jid)
+                        .values(lease_until=utcnow() - timedelta(seconds=1)))
+    second = claim_job_by_id(db, jid, "w2", 30)  # that worker died: its lease ran out
+    assert second is not None and second.attempts == 2 and job(settings, jid).locked_by == "w2"
+
+
 def test_old_events_are_pruned(settings: Settings) -> None:
     from conveyor.db.models import Event
     from conveyor.engine.events import emit, prune_events
