@@ -38,18 +38,12 @@ class JsonHandler(BaseHTTPRequestHandler):
         return json.loads(raw) if raw.strip() else {}
 
 
-class FakeServer:
-    """A ThreadingHTTPServer on 127.0.0.1 in a daemon thread; a context manager."""
+class ServerLifecycle:
+    """Start/stop of a ``socketserver``-style ``self._server`` in a daemon thread, or in the
+    foreground from ``python -m tests.fakes.…``; shared by every fake server."""
 
-    def __init__(self, handler: type[BaseHTTPRequestHandler], host: str, port: int) -> None:
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+    _server: Any
+    _thread: threading.Thread | None = None
 
     def start(self) -> Self:
         self._thread = threading.Thread(
@@ -65,7 +59,7 @@ class FakeServer:
             self._thread.join(timeout=5)
 
     def serve_until_interrupted(self) -> None:
-        """For ``python -m tests.fakes.…``: serve in the foreground until Ctrl-C."""
+        """Serve in the foreground until Ctrl-C."""
         try:
             self._server.serve_forever(poll_interval=0.1)
         except KeyboardInterrupt:
@@ -78,3 +72,18 @@ class FakeServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class FakeServer(ServerLifecycle):
+    """A ThreadingHTTPServer on 127.0.0.1 in a daemon thread; a context manager."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], host: str, port: int) -> None:
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+

@@ -26,10 +26,12 @@ import hmac
 import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Self
+from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
 from werkzeug.serving import BaseWSGIServer, make_server
+
+from tests.fakes.json_handler import ServerLifecycle
 
 ACCESS_KEY = "testing"
 SECRET_KEY = "testing"
@@ -122,7 +124,7 @@ def _check_presigned(environ: dict[str, Any], query: str) -> tuple[str, str] | N
     return None
 
 
-class MotoS3:
+class MotoS3(ServerLifecycle):
     """moto's S3 server on ``host`` (port 0: a free one), in a daemon thread."""
 
     env: dict[str, str] = {"AWS_ACCESS_KEY_ID": ACCESS_KEY,
@@ -144,7 +146,6 @@ class MotoS3:
         self.gate = _Gate(DomainDispatcherApplication(create_backend_app))
         self._server: BaseWSGIServer = make_server(
             host, port, self.gate, threaded=True, request_handler=Handler)
-        self._thread: threading.Thread | None = None
 
     @property
     def endpoint_url(self) -> str:
@@ -173,32 +174,6 @@ class MotoS3:
         """Answer the next ``count`` requests with ``status`` and S3 error ``code``."""
         self.gate.fail_next(count, status, code)
 
-    def start(self) -> Self:
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def serve_until_interrupted(self) -> None:
-        """For ``python -m tests.fakes.s3_server``: serve in the foreground until Ctrl-C."""
-        try:
-            self._server.serve_forever(poll_interval=0.1)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            self._server.server_close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def main(argv: list[str] | None = None) -> None:
