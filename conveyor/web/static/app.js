@@ -107,5 +107,38 @@ window.Conveyor = (function () {
     return { close: function () { clearTimeout(retry); if (source) source.close(); } };
   }
 
-  return { api: api, setBadge: setBadge, setConfidence: setConfidence, percent: percent, follow: follow };
+  function size(bytes) {
+    if (bytes >= 1048576) return (bytes / 1048576).toFixed(1) + " MB";
+    return Math.max(1, Math.round(bytes / 1024)) + " KB";
+  }
+
+  function newKey() {  // an Idempotency-Key per file: a retried upload is the same upload
+    if (window.crypto && typeof window.crypto.randomUUID === "function") return window.crypto.randomUUID();
+    return Date.now().toString(36) + "-" + Math.random().toString(36).slice(2) + Math.random().toString(36).slice(2);
+  }
+
+  // One line of an upload list (name, size, status), prepended to ``list``; ``error`` is
+  // set when the file is over the dropzone's data-max-bytes (0: let the server decide).
+  function uploadRow(list, file, dropzone) {
+    const li = document.createElement("li");
+    li.className = "upload";
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = file.name;
+    const bytes = document.createElement("span");
+    bytes.className = "muted small";
+    bytes.textContent = size(file.size);
+    const status = document.createElement("span");
+    status.className = "status";
+    status.dataset.role = "upload-status";
+    li.append(name, " ", bytes, " ", status);
+    list.prepend(li);
+    const maxBytes = Number(dropzone.dataset.maxBytes || 0);
+    const error = maxBytes && file.size > maxBytes
+      ? "too large: " + size(file.size) + " (the limit is " + size(maxBytes) + ")" : null;
+    return { file: file, li: li, status: status, key: newKey(), error: error };
+  }
+
+  return { api: api, setBadge: setBadge, setConfidence: setConfidence, percent: percent, follow: follow,
+           size: size, uploadRow: uploadRow };
 })();

@@ -9,15 +9,7 @@
   const PARALLEL_UPLOADS = 3;
   const POLL_MS = 4000;
 
-  function size(bytes) {
-    if (bytes >= 1048576) return (bytes / 1048576).toFixed(1) + " MB";
-    return Math.max(1, Math.round(bytes / 1024)) + " KB";
-  }
 
-  function newKey() {
-    if (window.crypto && typeof window.crypto.randomUUID === "function") return window.crypto.randomUUID();
-    return Date.now().toString(36) + "-" + Math.random().toString(36).slice(2) + Math.random().toString(36).slice(2);
-  }
 
   // --- the grid --------------------------------------------------------------------------------
 
@@ -194,22 +186,9 @@
 
     function addFiles(files) {
       Array.prototype.forEach.call(files, function (file) {
-        const li = document.createElement("li");
-        li.className = "upload";
-        const name = document.createElement("span");
-        name.className = "name";
-        name.textContent = file.name;
-        const bytes = document.createElement("span");
-        bytes.className = "muted small";
-        bytes.textContent = size(file.size);
-        const status = document.createElement("span");
-        status.dataset.role = "upload-status";
-        li.append(name, " ", bytes, " ", status);
-        list.prepend(li);
-        const job = { file: file, li: li, status: status, key: newKey() };
-        const maxBytes = Number(dropzone.dataset.maxBytes || 0);
-        if (maxBytes && file.size > maxBytes) {
-          setUpload(job, "error", "too large: " + size(file.size) + " (the limit is " + size(maxBytes) + ")");
+        const job = C.uploadRow(list, file, dropzone);
+        if (job.error) {
+          setUpload(job, "error", job.error);
           return;
         }
         setUpload(job, "waiting", "waiting");

@@ -15,15 +15,7 @@
   const waiting = [];
   let active = 0;
 
-  function newKey() {
-    if (window.crypto && typeof window.crypto.randomUUID === "function") return window.crypto.randomUUID();
-    return Date.now().toString(36) + "-" + Math.random().toString(36).slice(2) + Math.random().toString(36).slice(2);
-  }
 
-  function size(bytes) {
-    if (bytes >= 1048576) return (bytes / 1048576).toFixed(1) + " MB";
-    return Math.max(1, Math.round(bytes / 1024)) + " KB";
-  }
 
   // --- items table ---------------------------------------------------------------------------
 
@@ -129,23 +121,9 @@
 
   function addFiles(files) {
     Array.prototype.forEach.call(files, function (file) {
-      const li = document.createElement("li");
-      li.className = "upload";
-      const name = document.createElement("span");
-      name.className = "name";
-      name.textContent = file.name;
-      const bytes = document.createElement("span");
-      bytes.className = "muted small";
-      bytes.textContent = size(file.size);
-      const status = document.createElement("span");
-      status.className = "status";
-      status.dataset.role = "upload-status";
-      li.append(name, " ", bytes, " ", status);
-      uploadList.prepend(li);
-      const job = { file: file, li: li, status: status, key: newKey() };
-      const maxBytes = Number(dropzone.dataset.maxBytes || 0);  // 0: let the server decide
-      if (maxBytes && file.size > maxBytes) {
-        fail(job, "too large: " + size(file.size) + " (the limit is " + size(maxBytes) + ")");
+      const job = C.uploadRow(uploadList, file, dropzone);
+      if (job.error) {
+        fail(job, job.error);
         return;
       }
       setStatus(job, "waiting", "waiting");
